@@ -1,0 +1,9 @@
+"""SpineSearch: architecture search for object detection on TF Model Garden."""
+import os
+
+# Model Garden 2.20 builds on tf_keras (Keras 2). TensorFlow reads this variable
+# when it is first imported, so it has to be set before any import of it.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

@@ -1,0 +1,145 @@
+"""What every search space offers the search algorithms.
+
+An architecture is produced by a fixed-length sequence of categorical decisions.
+Each decision has a fixed number of choices; a mask, which depends on the
+decisions before it, says which of them are valid at that point (an exhausted
+level in a permutation, a parent outside the window, the same parent twice).
+Algorithms only ever see decisions and masks; spaces turn them into
+`Architecture`s and back.
+"""
+import abc
+import dataclasses
+import random
+from typing import ClassVar, Dict, List, Sequence, Tuple
+
+from spinesearch.errors import ArchitectureError
+from spinesearch.space.architecture import Architecture
+
+Mask = Tuple[bool, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  """One categorical choice.
+
+  `kind` groups decisions that share a vocabulary (and, in the RNN controller,
+  a softmax layer and an embedding table): all decisions of one kind have the
+  same `choices`.
+  """
+  name: str
+  kind: str
+  choices: Tuple[str, ...]
+
+  @property
+  def num_choices(self) -> int:
+    return len(self.choices)
+
+
+class DecisionCursor(abc.ABC):
+  """Walks through a space's decisions one at a time."""
+
+  @property
+  @abc.abstractmethod
+  def position(self) -> int:
+    """Index of the next decision to make."""
+
+  @abc.abstractmethod
+  def mask(self) -> Mask:
+    """Valid choices for the next decision."""
+
+  @abc.abstractmethod
+  def choose(self, choice: int) -> None:
+    """Makes the next decision; the choice must be valid under mask()."""
+
+  @abc.abstractmethod
+  def architecture(self) -> Architecture:
+    """The architecture, once every decision is made."""
+
+
+class SearchSpace(abc.ABC):
+  """A search space: decisions <-> architectures."""
+
+  name: ClassVar[str]
+
+  @abc.abstractmethod
+  def decisions(self) -> Tuple[Decision, ...]:
+    """The fixed sequence of decisions every architecture is made of."""
+
+  @abc.abstractmethod
+  def start(self) -> DecisionCursor:
+    """A cursor before the first decision."""
+
+  @abc.abstractmethod
+  def encode(self, architecture: Architecture) -> List[int]:
+    """Decisions that decode to `architecture`; ArchitectureError if it is not
+    in this space (the message says why)."""
+
+  @abc.abstractmethod
+  def log10_size(self) -> float:
+    """log10 of the number of distinct decision sequences."""
+
+  @abc.abstractmethod
+  def config(self) -> Dict:
+    """The space's settings as JSON-able data (stored with a search)."""
+
+  # ---- shared behaviour ------------------------------------------------------
+
+  def sample(self, rng: random.Random) -> List[int]:
+    """Uniformly random valid choice at every step."""
+    cursor = self.start()
+    decisions = []
+    for _ in self.decisions():
+      valid = [i for i, ok in enumerate(cursor.mask()) if ok]
+      choice = rng.choice(valid)
+      cursor.choose(choice)
+      decisions.append(choice)
+    return decisions
+
+  def sample_architecture(self, rng: random.Random) -> Architecture:
+    return self.decode(self.sample(rng))
+
+  def decode(self, decisions: Sequence[int]) -> Architecture:
+    cursor = self._replay(decisions)
+    return cursor.architecture()
+
+  def masks(self, decisions: Sequence[int]) -> List[Mask]:
+    """The mask in force at each decision of a complete sequence."""
+    specs = self.decisions()
+    cursor = self.start()
+    result = []
+    for i, choice in enumerate(decisions):
+      mask = cursor.mask()
+      self._check_choice(specs, i, choice, mask)
+      result.append(mask)
+      cursor.choose(choice)
+    return result
+
+  def validate(self, architecture: Architecture) -> Architecture:
+    """Structural validation plus membership of this space."""
+    architecture.validate()
+    if architecture.space != self.name:
+      raise ArchitectureError(
+          f"space: architecture is from the {architecture.space!r} space, not {self.name!r}")
+    self.encode(architecture)
+    return architecture
+
+  def _replay(self, decisions: Sequence[int]) -> DecisionCursor:
+    specs = self.decisions()
+    if len(decisions) != len(specs):
+      raise ArchitectureError(
+          f"expected {len(specs)} decisions for the {self.name} space, got {len(decisions)}")
+    cursor = self.start()
+    for i, choice in enumerate(decisions):
+      self._check_choice(specs, i, choice, cursor.mask())
+      cursor.choose(choice)
+    return cursor
+
+  @staticmethod
+  def _check_choice(specs, i: int, choice: int, mask: Mask) -> None:
+    if isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < len(mask):
+      raise ArchitectureError(
+          f"decision {i} ({specs[i].name}): {choice!r} is not a choice index 0..{len(mask) - 1}")
+    if not mask[choice]:
+      raise ArchitectureError(
+          f"decision {i} ({specs[i].name}): choice {choice} "
+          f"({specs[i].choices[choice]}) is not valid at this point")
