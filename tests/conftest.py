@@ -1,0 +1,7 @@
+"""Test set-up: Keras 2 for Model Garden, quiet TensorFlow, small thread pools."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import spinesearch  # noqa: E402,F401  (sets the environment before TensorFlow loads)
