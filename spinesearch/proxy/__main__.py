@@ -1,0 +1,79 @@
+"""Runs one proxy trial: `python -m spinesearch.proxy --architecture ARCH.json
+--preset quickstart [--json]`."""
+import json
+import sys
+
+from absl import app, flags
+
+from spinesearch.errors import ConfigError, run_cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("architecture", None, "Architecture JSON file (SpineSearch schema).")
+flags.DEFINE_string("preset", "quickstart", "Proxy preset: quickstart, paper or tiny.")
+flags.DEFINE_multi_string("set", [], "Override a proxy setting, e.g. --set train_steps=100 "
+                          "(repeatable; values are JSON: numbers, true/false, lists).")
+flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "tfrecord"],
+                  "synthetic: the bundled generator's set (made on first use in --cache_dir); "
+                  "tfrecord: your Model Garden-format TFRecords + COCO JSON.")
+flags.DEFINE_string("cache_dir", None, "Where the synthetic set is cached "
+                    "(default $SPINESEARCH_CACHE or ~/.cache/spinesearch).")
+flags.DEFINE_integer("synthetic_num_train", 2000, "Synthetic training images.")
+flags.DEFINE_integer("synthetic_num_val", 200, "Synthetic validation images.")
+flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic set.")
+flags.DEFINE_string("train_pattern", None, "Training TFRecord glob (--dataset=tfrecord).")
+flags.DEFINE_string("val_pattern", None, "Validation TFRecord glob (--dataset=tfrecord).")
+flags.DEFINE_string("val_annotations", None, "Validation COCO JSON (--dataset=tfrecord).")
+flags.DEFINE_bool("json", False, "Print the TrialResult as JSON.")
+
+
+def parse_overrides(items):
+  overrides = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    try:
+      overrides[key.strip()] = json.loads(value)
+    except json.JSONDecodeError:
+      overrides[key.strip()] = value
+  return overrides
+
+
+def dataset_from_flags(image_size: int):
+  from spinesearch.data import dataset
+  if FLAGS.dataset == "tfrecord":
+    return dataset.user_dataset(FLAGS.train_pattern, FLAGS.val_pattern, FLAGS.val_annotations)
+  return dataset.ensure_synthetic(
+      FLAGS.cache_dir or dataset.default_cache_dir(), num_train=FLAGS.synthetic_num_train,
+      num_val=FLAGS.synthetic_num_val, image_size=image_size, seed=FLAGS.synthetic_seed)
+
+
+def main(argv):
+  del argv
+  from spinesearch.proxy import ProxyConfig, ProxyTask
+  from spinesearch.space.architecture import Architecture
+  if not FLAGS.architecture:
+    raise ConfigError("--architecture is required (a JSON file in the SpineSearch schema)")
+  architecture = Architecture.load(FLAGS.architecture)
+  config = ProxyConfig.from_preset(FLAGS.preset, **parse_overrides(FLAGS.set))
+  data = dataset_from_flags(config.image_size)
+
+  def progress(step, steps, loss):
+    if not FLAGS.json and (step == 1 or step % 50 == 0 or step == steps):
+      print(f"step {step}/{steps} loss {loss:.4f}", file=sys.stderr, flush=True)
+
+  result = ProxyTask(config, data).run(architecture, progress=progress)
+  if FLAGS.json:
+    print(json.dumps(result.to_dict(), indent=2))
+  else:
+    for key, value in result.to_dict().items():
+      print(f"{key:>18}: {value}")
+  return 0 if result.ok else 1
+
+
+def run():
+  app.run(lambda argv: run_cli(main, argv))
+
+
+if __name__ == "__main__":
+  run()

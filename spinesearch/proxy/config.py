@@ -1,0 +1,113 @@
+"""Proxy-task settings and presets.
+
+`quickstart` is SpineNet-49-shaped and sized for a 2-core CPU (about a minute and
+a half per trial at 128 px). `paper` is the SpineNet paper's proxy (section 5.1):
+512 px, feature dims x0.25, resample alpha 0.25, 64-dim endpoints and heads,
+5 epochs.
+"""
+import dataclasses
+import math
+from typing import Dict, Optional, Tuple
+
+from spinesearch.errors import ConfigError
+from spinesearch.space.architecture import Architecture, Scaling
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+  """How one architecture is trained and evaluated."""
+  image_size: int = 128
+  # Model scaling applied to every architecture the proxy trains.
+  filter_size_scale: float = 0.25
+  resample_alpha: float = 0.25
+  endpoints_num_filters: int = 64
+  block_repeats: int = 1
+  head_num_convs: int = 2
+  head_num_filters: int = 64
+  fpn_num_filters: int = 64
+  fpn_num_repeats: int = 3
+  resnet_model_id: int = 10
+  # Training: SGD with momentum, linear warm-up then cosine decay.
+  train_steps: int = 360
+  train_epochs: Optional[float] = None  # when set, overrides train_steps
+  batch_size: int = 8
+  learning_rate: float = 0.08
+  warmup_steps: int = 40
+  momentum: float = 0.9
+  clip_norm: float = 10.0
+  aug_rand_hflip: bool = True
+  precision: str = "float32"  # or "bfloat16" (mixed_bfloat16 policy)
+  # Anchors (Model Garden's RetinaNet defaults).
+  num_scales: int = 3
+  aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
+  anchor_size: float = 4.0
+  # Evaluation.
+  eval_batch_size: int = 16
+  max_eval_images: Optional[int] = None
+  measure_cost: bool = True
+  seed: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "aspect_ratios", tuple(self.aspect_ratios))
+    positive = ("image_size", "filter_size_scale", "resample_alpha", "endpoints_num_filters",
+                "block_repeats", "head_num_convs", "head_num_filters", "fpn_num_filters",
+                "fpn_num_repeats", "batch_size", "learning_rate", "num_scales",
+                "anchor_size", "eval_batch_size", "clip_norm")
+    for name in positive:
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"proxy {name} must be positive, got {getattr(self, name)!r}")
+    if self.train_steps < 1 and not self.train_epochs:
+      raise ConfigError(f"proxy train_steps must be >= 1, got {self.train_steps}")
+    if self.warmup_steps < 0:
+      raise ConfigError(f"proxy warmup_steps must be >= 0, got {self.warmup_steps}")
+    if self.precision not in ("float32", "bfloat16"):
+      raise ConfigError(f"proxy precision must be float32 or bfloat16, got {self.precision!r}")
+
+  @classmethod
+  def from_preset(cls, name: str, **overrides) -> "ProxyConfig":
+    if name not in PRESETS:
+      raise ConfigError(f"unknown proxy preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+      raise ConfigError(f"unknown proxy setting(s): {', '.join(unknown)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+  def replace(self, **changes) -> "ProxyConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> Dict:
+    data = dataclasses.asdict(self)
+    data["aspect_ratios"] = list(self.aspect_ratios)
+    return data
+
+  @property
+  def scaling(self) -> Scaling:
+    return Scaling(filter_size_scale=self.filter_size_scale, resample_alpha=self.resample_alpha,
+                   endpoints_num_filters=self.endpoints_num_filters,
+                   block_repeats=self.block_repeats, head_num_convs=self.head_num_convs,
+                   head_num_filters=self.head_num_filters, fpn_num_filters=self.fpn_num_filters,
+                   fpn_num_repeats=self.fpn_num_repeats, resnet_model_id=self.resnet_model_id)
+
+  def scaled(self, architecture: Architecture) -> Architecture:
+    """The architecture as the proxy trains it."""
+    return architecture.replace(scaling=self.scaling)
+
+  def steps_for(self, num_train_images: int) -> int:
+    if self.train_epochs:
+      return max(1, math.ceil(self.train_epochs * num_train_images / self.batch_size))
+    return self.train_steps
+
+
+PRESETS: Dict[str, ProxyConfig] = {
+    "quickstart": ProxyConfig(),
+    "paper": ProxyConfig(image_size=512, filter_size_scale=0.25, resample_alpha=0.25,
+                         endpoints_num_filters=64, head_num_convs=4, head_num_filters=64,
+                         fpn_num_filters=64, train_epochs=5, batch_size=16,
+                         learning_rate=0.08, warmup_steps=100),
+    # For tests: a few steps at 64 px.
+    "tiny": ProxyConfig(image_size=128, filter_size_scale=0.125, resample_alpha=0.25,
+                        endpoints_num_filters=16, head_num_convs=1, head_num_filters=16,
+                        fpn_num_filters=16, fpn_num_repeats=1, train_steps=4, batch_size=4,
+                        warmup_steps=1, max_eval_images=8, eval_batch_size=8),
+}

@@ -1,0 +1,200 @@
+"""The proxy task: train a scaled-down RetinaNet for one architecture, then
+evaluate it with pycocotools.
+
+Model Garden supplies every detection part: the model (through
+`spinesearch.modeling`), the input pipeline (tf.Example decoder, RetinaNet
+parser with its anchor labeler), the focal and Huber losses (its RetinaNet
+task's `build_losses`) and the COCO evaluator. What is ours is a lean training
+loop: one `tf.function` step with no metric objects, a NaN check on every step,
+and a warm-up + cosine learning rate.
+"""
+import contextlib
+import io
+import math
+import time
+from typing import Callable, Optional
+
+import spinesearch  # noqa: F401  (Keras 2 environment before TensorFlow)
+import tensorflow as tf
+import tf_keras
+
+from official.vision.configs import retinanet as retinanet_config
+from official.vision.evaluation import coco_evaluator
+from official.vision.tasks import retinanet as retinanet_task
+
+from spinesearch.data.dataset import DatasetPaths
+from spinesearch.errors import UserError
+from spinesearch.modeling import builder, cost
+from spinesearch.proxy.config import ProxyConfig
+from spinesearch.proxy.result import TrialResult
+from spinesearch.space.architecture import Architecture
+
+Progress = Callable[[int, int, float], None]
+
+
+class NonFiniteLoss(Exception):
+  pass
+
+
+class ProxyTask:
+  """Trains and evaluates architectures on one dataset with one config."""
+
+  def __init__(self, config: ProxyConfig, dataset: DatasetPaths):
+    self.config = config
+    self.dataset = dataset
+
+  # ---- public ----------------------------------------------------------------
+
+  def run(self, architecture: Architecture, progress: Optional[Progress] = None) -> TrialResult:
+    """Trains, evaluates and measures one architecture. User mistakes (an
+    architecture that cannot be built at this size) raise UserError; a
+    diverging training run returns a failed result with its reason."""
+    start = time.perf_counter()
+    result = TrialResult()
+    arch = self.config.scaled(architecture)
+    arch.validate()
+    arch.check_image_size(self.config.image_size)
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(self.config.seed)
+    tf_keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if self.config.precision == "bfloat16" else "float32")
+    mg_task = self._model_garden_task(arch)
+    model = builder.build_retinanet(
+        arch, num_classes=self.num_classes, image_size=self.config.image_size,
+        num_scales=self.config.num_scales, aspect_ratios=self.config.aspect_ratios,
+        anchor_size=self.config.anchor_size)
+    result.params = cost.count_params(model)
+    try:
+      self._train(model, mg_task, result, progress)
+    except NonFiniteLoss as e:
+      result.failed(str(e))
+    if result.ok:
+      self._evaluate(model, mg_task, result)
+      if self.config.measure_cost:
+        result.multiply_adds = cost.count_multiply_adds(model, self.config.image_size)
+        result.latency_ms = cost.measure_latency_ms(model, self.config.image_size)
+    result.total_seconds = time.perf_counter() - start
+    return result
+
+  @property
+  def num_classes(self) -> int:
+    # Model Garden's convention: class ids are the dataset's category ids and
+    # index 0 is background, so the head needs max id + 1 outputs.
+    return self.dataset.num_classes
+
+  # ---- pieces -----------------------------------------------------------------
+
+  def _model_garden_task(self, arch: Architecture) -> retinanet_task.RetinaNetTask:
+    """A Model Garden RetinaNet task carrying our data and anchor settings; we
+    use its input pipeline and its losses, not its model."""
+    c = self.config
+    dtype = "bfloat16" if c.precision == "bfloat16" else "float32"
+    task_config = retinanet_config.RetinaNetTask(
+        model=retinanet_config.RetinaNet(
+            num_classes=self.num_classes,
+            input_size=[c.image_size, c.image_size, 3],
+            min_level=arch.min_level, max_level=arch.max_level,
+            anchor=retinanet_config.Anchor(num_scales=c.num_scales,
+                                           aspect_ratios=list(c.aspect_ratios),
+                                           anchor_size=c.anchor_size)),
+        losses=retinanet_config.Losses(l2_weight_decay=0.0),
+        annotation_file=self.dataset.val_annotations,
+        train_data=retinanet_config.DataConfig(
+            input_path=self.dataset.train_pattern, is_training=True,
+            global_batch_size=c.batch_size, dtype=dtype, seed=c.seed,
+            shuffle_buffer_size=1000,
+            parser=retinanet_config.Parser(aug_rand_hflip=c.aug_rand_hflip)),
+        validation_data=retinanet_config.DataConfig(
+            input_path=self.dataset.val_pattern, is_training=False,
+            global_batch_size=c.eval_batch_size, dtype=dtype, drop_remainder=False))
+    return retinanet_task.RetinaNetTask(task_config)
+
+  def learning_rate(self, total_steps: int) -> tf_keras.optimizers.schedules.LearningRateSchedule:
+    c = self.config
+    warmup = min(c.warmup_steps, max(total_steps - 1, 0))
+    return tf_keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=c.learning_rate * 0.1 if warmup else c.learning_rate,
+        decay_steps=max(total_steps - warmup, 1), alpha=0.01,
+        warmup_target=c.learning_rate if warmup else None, warmup_steps=warmup)
+
+  def _train(self, model, mg_task, result: TrialResult, progress: Optional[Progress]) -> None:
+    c = self.config
+    steps = c.steps_for(self.dataset.num_train or _count_records(self.dataset.train_pattern))
+    optimizer = tf_keras.optimizers.SGD(self.learning_rate(steps), momentum=c.momentum,
+                                        global_clipnorm=c.clip_norm)
+    data = iter(mg_task.build_inputs(mg_task.task_config.train_data))
+
+    @tf.function
+    def train_step(images, labels):
+      with tf.GradientTape() as tape:
+        outputs = model(images, training=True)
+        outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
+        loss = mg_task.build_losses(outputs, labels, aux_losses=model.losses)[0]
+      grads = tape.gradient(loss, model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return loss
+
+    first_step_end = None
+    loss = float("nan")
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+      images, labels = next(data)
+      loss = float(train_step(images, labels))
+      if not math.isfinite(loss):
+        result.final_loss = loss
+        raise NonFiniteLoss(f"training loss became {loss} at step {step} of {steps}")
+      if step == 1:
+        first_step_end = time.perf_counter()
+      if progress:
+        progress(step, steps, loss)
+    end = time.perf_counter()
+    result.final_loss = loss
+    result.train_steps = steps
+    result.train_seconds = end - t0
+    # Throughput of the warm loop: the first step includes tracing.
+    if steps > 1:
+      result.images_per_second = (steps - 1) * c.batch_size / (end - first_step_end)
+
+  def _evaluate(self, model, mg_task, result: TrialResult) -> None:
+    c = self.config
+    evaluator = coco_evaluator.COCOEvaluator(
+        annotation_file=self.dataset.val_annotations, include_mask=False,
+        need_rescale_bboxes=True)
+    dataset = mg_task.build_inputs(mg_task.task_config.validation_data)
+    if c.max_eval_images:
+      dataset = dataset.take(math.ceil(c.max_eval_images / c.eval_batch_size))
+
+    @tf.function
+    def predict(images, labels):
+      outputs = model(images, anchor_boxes=labels["anchor_boxes"],
+                      image_shape=labels["image_info"][:, 1, :], training=False)
+      return {
+          "detection_boxes": outputs["detection_boxes"],
+          "detection_scores": outputs["detection_scores"],
+          "detection_classes": outputs["detection_classes"],
+          "num_detections": outputs["num_detections"],
+          "source_id": labels["groundtruths"]["source_id"],
+          "image_info": labels["image_info"],
+      }
+
+    for images, labels in dataset:
+      predictions = tf.nest.map_structure(lambda x: x.numpy(), predict(images, labels))
+      groundtruths = tf.nest.map_structure(lambda x: x.numpy(), labels["groundtruths"])
+      evaluator.update_state(groundtruths, predictions)
+    metrics = _quiet(evaluator.result)
+    result.ap, result.ap50, result.ap75 = (float(metrics[k]) for k in ("AP", "AP50", "AP75"))
+    result.aps, result.apm, result.apl = (float(metrics[k]) for k in ("APs", "APm", "APl"))
+
+
+def _count_records(pattern: str) -> int:
+  files = tf.io.gfile.glob(pattern)
+  if not files:
+    raise UserError(f"no training files match {pattern}")
+  return int(tf.data.TFRecordDataset(files).reduce(0, lambda n, _: n + 1))
+
+
+def _quiet(fn):
+  """pycocotools prints its whole summary table to stdout; a search prints one
+  line per trial, so the table is kept out of it."""
+  with contextlib.redirect_stdout(io.StringIO()):
+    return fn()
