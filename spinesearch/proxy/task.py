@@ -54,15 +54,7 @@ class ProxyTask:
     arch = self.config.scaled(architecture)
     arch.validate()
     arch.check_image_size(self.config.image_size)
-    tf_keras.backend.clear_session()
-    tf_keras.utils.set_random_seed(self.config.seed)
-    tf_keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if self.config.precision == "bfloat16" else "float32")
-    mg_task = self._model_garden_task(arch)
-    model = builder.build_retinanet(
-        arch, num_classes=self.num_classes, image_size=self.config.image_size,
-        num_scales=self.config.num_scales, aspect_ratios=self.config.aspect_ratios,
-        anchor_size=self.config.anchor_size)
+    model, mg_task = self.build(arch)
     result.params = cost.count_params(model)
     try:
       self._train(model, mg_task, result, progress)
@@ -81,6 +73,42 @@ class ProxyTask:
     # Model Garden's convention: class ids are the dataset's category ids and
     # index 0 is background, so the head needs max id + 1 outputs.
     return self.dataset.num_classes
+
+  def build(self, arch: Architecture):
+    """A fresh, seeded model for a proxy-scaled architecture, and the Model
+    Garden task that supplies its inputs and losses."""
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(self.config.seed)
+    tf_keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if self.config.precision == "bfloat16" else "float32")
+    mg_task = self._model_garden_task(arch)
+    model = builder.build_retinanet(
+        arch, num_classes=self.num_classes, image_size=self.config.image_size,
+        num_scales=self.config.num_scales, aspect_ratios=self.config.aspect_ratios,
+        anchor_size=self.config.anchor_size)
+    return model, mg_task
+
+  def optimizer(self, total_steps: int) -> tf_keras.optimizers.Optimizer:
+    c = self.config
+    return tf_keras.optimizers.SGD(self.learning_rate(total_steps), momentum=c.momentum,
+                                   global_clipnorm=c.clip_norm)
+
+  @staticmethod
+  def make_train_step(model, mg_task, optimizer):
+    """One forward + backward + update, as a `tf.function` (no XLA: it is never
+    faster on this CPU and cannot compile the NMS)."""
+
+    @tf.function
+    def train_step(images, labels):
+      with tf.GradientTape() as tape:
+        outputs = model(images, training=True)
+        outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
+        loss = mg_task.build_losses(outputs, labels, aux_losses=model.losses)[0]
+      grads = tape.gradient(loss, model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return loss
+
+    return train_step
 
   # ---- pieces -----------------------------------------------------------------
 
@@ -120,19 +148,8 @@ class ProxyTask:
   def _train(self, model, mg_task, result: TrialResult, progress: Optional[Progress]) -> None:
     c = self.config
     steps = c.steps_for(self.dataset.num_train or _count_records(self.dataset.train_pattern))
-    optimizer = tf_keras.optimizers.SGD(self.learning_rate(steps), momentum=c.momentum,
-                                        global_clipnorm=c.clip_norm)
+    train_step = self.make_train_step(model, mg_task, self.optimizer(steps))
     data = iter(mg_task.build_inputs(mg_task.task_config.train_data))
-
-    @tf.function
-    def train_step(images, labels):
-      with tf.GradientTape() as tape:
-        outputs = model(images, training=True)
-        outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
-        loss = mg_task.build_losses(outputs, labels, aux_losses=model.losses)[0]
-      grads = tape.gradient(loss, model.trainable_variables)
-      optimizer.apply_gradients(zip(grads, model.trainable_variables))
-      return loss
 
     first_step_end = None
     loss = float("nan")
@@ -157,9 +174,9 @@ class ProxyTask:
 
   def _evaluate(self, model, mg_task, result: TrialResult) -> None:
     c = self.config
-    evaluator = coco_evaluator.COCOEvaluator(
+    evaluator = _quiet(lambda: coco_evaluator.COCOEvaluator(
         annotation_file=self.dataset.val_annotations, include_mask=False,
-        need_rescale_bboxes=True)
+        need_rescale_bboxes=True))
     dataset = mg_task.build_inputs(mg_task.task_config.validation_data)
     if c.max_eval_images:
       dataset = dataset.take(math.ceil(c.max_eval_images / c.eval_batch_size))
@@ -178,9 +195,7 @@ class ProxyTask:
       }
 
     for images, labels in dataset:
-      predictions = tf.nest.map_structure(lambda x: x.numpy(), predict(images, labels))
-      groundtruths = tf.nest.map_structure(lambda x: x.numpy(), labels["groundtruths"])
-      evaluator.update_state(groundtruths, predictions)
+      evaluator.update_state(labels["groundtruths"], predict(images, labels))
     metrics = _quiet(evaluator.result)
     result.ap, result.ap50, result.ap75 = (float(metrics[k]) for k in ("AP", "AP50", "AP75"))
     result.aps, result.apm, result.apl = (float(metrics[k]) for k in ("APs", "APm", "APl"))

@@ -15,6 +15,7 @@ Example document (`space` says which parts are present)::
 """
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from typing import Any, Mapping, Optional, Sequence, Tuple
@@ -91,8 +92,8 @@ class Scaling:
           raise ArchitectureError(f"{where}.{name}: expected an integer, got {value!r}")
       elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ArchitectureError(f"{where}.{name}: expected a number, got {value!r}")
-      if value <= 0:
-        raise ArchitectureError(f"{where}.{name}: must be positive, got {value!r}")
+      if not math.isfinite(value) or value <= 0:
+        raise ArchitectureError(f"{where}.{name}: must be a positive finite number, got {value!r}")
       values[name] = value
     return cls(**values)
 
@@ -137,19 +138,20 @@ class Architecture:
   def check_image_size(self, image_size: int) -> None:
     """Model Garden needs the input to divide by the coarsest stride."""
     stride = 2 ** self.max_level
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 \
-        or image_size % stride:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+      raise ArchitectureError(f"image size must be a positive integer, got {image_size!r}")
+    if image_size % stride:
+      lower = image_size // stride * stride
+      nearest = " or ".join(str(n) for n in (lower, lower + stride) if n > 0)
       raise ArchitectureError(
           f"image size {image_size} is not a multiple of {stride} "
-          f"(2^max_level, max_level={self.max_level}); use e.g. "
-          f"{max(stride, (int(image_size) // stride) * stride)} or "
-          f"{(int(image_size) // stride + 1) * stride}")
+          f"(2^max_level, max_level={self.max_level}); use e.g. {nearest}")
 
   # ---- validation ----------------------------------------------------------
 
   def validate(self) -> "Architecture":
     """Checks everything that makes an architecture buildable; returns self."""
-    if self.version != SCHEMA_VERSION:
+    if type(self.version) is not int or self.version != SCHEMA_VERSION:
       raise ArchitectureError(
           f"version: this SpineSearch reads architecture schema version "
           f"{SCHEMA_VERSION}, got {self.version!r}")
@@ -167,9 +169,13 @@ class Architecture:
       raise ArchitectureError(f"cells: a {self.space} architecture has no merging cells")
     if self.blocks:
       _validate_blocks(self.blocks)
-    levels = self.output_levels if self.blocks else tuple(range(3, 8))
     if self.cells:
-      _validate_cells(self.cells, levels)
+      # Without searched blocks the fixed backbone serves whatever levels the
+      # cells' outputs span (Model Garden's NAS-FPN adds missing coarse levels).
+      if not self.blocks:
+        _check_output_levels([c.level for c in self.cells if c.is_output], "cells")
+      _validate_cells(self.cells, self.output_levels if self.blocks else
+                      tuple(sorted(c.level for c in self.cells if c.is_output)))
     return self
 
   # ---- JSON ----------------------------------------------------------------
@@ -225,6 +231,8 @@ class Architecture:
       data = json.loads(text)
     except json.JSONDecodeError as e:
       raise ArchitectureError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+    except RecursionError:
+      raise ArchitectureError(f"{source}: not valid JSON (nested too deeply)")
     try:
       return cls.from_dict(data)
     except ArchitectureError as e:

@@ -1,0 +1,72 @@
+"""Search spaces by name: build one from a name (command line) or from the
+settings stored with a search (`space.config()`)."""
+import inspect
+from typing import Any, Dict, Mapping, Type
+
+from spinesearch.errors import ArchitectureError, ConfigError
+from spinesearch.space.architecture import Architecture
+from spinesearch.space.base import SearchSpace
+from spinesearch.space.joint import JointSpace
+from spinesearch.space.nasfpn import MergingCellSpace
+from spinesearch.space.spinenet import ScalePermutedSpace
+
+SPACES: Dict[str, Type[SearchSpace]] = {
+    ScalePermutedSpace.name: ScalePermutedSpace,
+    MergingCellSpace.name: MergingCellSpace,
+    JointSpace.name: JointSpace,
+}
+
+
+def _space_class(name: Any) -> Type[SearchSpace]:
+  if not isinstance(name, str) or name not in SPACES:
+    raise ConfigError(f"unknown search space {name!r}; valid: {', '.join(SPACES)}")
+  return SPACES[name]
+
+
+def build_space(name: str, preset: str = "default", **settings) -> SearchSpace:
+  """The space `name` with a preset's settings, overridden by `settings`."""
+  cls = _space_class(name)
+  if cls is JointSpace:
+    if settings:
+      raise ConfigError(f"joint space: takes no settings beyond a preset, got "
+                        f"{', '.join(sorted(settings))}; build it from a config instead")
+    return JointSpace.preset(preset)
+  _refuse_unknown_settings(cls, settings)
+  return cls.preset(preset, **settings)
+
+
+def space_from_config(config: Mapping) -> SearchSpace:
+  """The space whose `config()` is `config` (also after a JSON round trip)."""
+  if not isinstance(config, Mapping):
+    raise ConfigError(f"search space config: expected an object, got {type(config).__name__}")
+  if "name" not in config:
+    raise ConfigError("search space config: missing key 'name'")
+  cls = _space_class(config["name"])
+  settings = {k: v for k, v in config.items() if k != "name"}
+  if cls is JointSpace:
+    unknown = sorted(set(settings) - {"backbone", "fpn"})
+    missing = sorted({"backbone", "fpn"} - set(settings))
+    if unknown or missing:
+      raise ConfigError(f"joint space config: needs exactly the keys backbone and fpn "
+                        f"(unknown: {unknown}, missing: {missing})")
+    backbone = space_from_config(settings["backbone"])
+    fpn = space_from_config(settings["fpn"])
+    return JointSpace(backbone, fpn)
+  _refuse_unknown_settings(cls, settings)
+  return cls(**settings)
+
+
+def space_for(architecture: Architecture) -> SearchSpace:
+  """The default space of the architecture's `space` field."""
+  if architecture.space not in SPACES:
+    raise ArchitectureError(
+        f"space: must be one of {', '.join(SPACES)}, got {architecture.space!r}")
+  return SPACES[architecture.space]()
+
+
+def _refuse_unknown_settings(cls: Type[SearchSpace], settings: Mapping) -> None:
+  valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+  unknown = sorted(set(settings) - set(valid))
+  if unknown:
+    raise ConfigError(f"{cls.name} space: unknown setting(s) {', '.join(unknown)}; "
+                      f"valid: {', '.join(valid)}")
