@@ -258,6 +258,10 @@ def write_text_atomically(path: str, text: str) -> None:
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+  # mkstemp makes the file private (0600); give it the mode a plain open() would.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
