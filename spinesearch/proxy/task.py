@@ -85,11 +85,13 @@ class ProxyTask:
     model = builder.build_retinanet(
         arch, num_classes=self.num_classes, image_size=self.config.image_size,
         num_scales=self.config.num_scales, aspect_ratios=self.config.aspect_ratios,
-        anchor_size=self.config.anchor_size)
+        anchor_size=self.config.anchor_size, norm_momentum=self.config.norm_momentum)
     return model, mg_task
 
   def optimizer(self, total_steps: int) -> tf_keras.optimizers.Optimizer:
     c = self.config
+    if c.optimizer == "adam":
+      return tf_keras.optimizers.Adam(self.learning_rate(total_steps), global_clipnorm=c.clip_norm)
     return tf_keras.optimizers.SGD(self.learning_rate(total_steps), momentum=c.momentum,
                                    global_clipnorm=c.clip_norm)
 

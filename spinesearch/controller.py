@@ -1,0 +1,314 @@
+"""The search driver: `python -m spinesearch.controller --flagfile=FILE`.
+
+Builds the search space, the search algorithm, the trial runner and the trial
+store from flags, then keeps every worker busy until `--num_trials` trials
+have finished: a freed worker gets a new proposal at once, and each finished
+trial is recorded, fed to the algorithm and checkpointed.
+
+The same command on an existing `--search_dir` resumes the search. Flags that
+define the search (space, algorithm, reward, proxy, dataset, seed) must be
+the same as when it was created; operational flags (budget, parallelism,
+timeout, runner, cache) may change.
+
+Outputs in `--search_dir`: trials.db (see spinesearch.store), tensorboard/
+(reward, best reward, the algorithm's scalars, per-trial metrics), best/ (the
+top architectures as JSON in the shared schema, each with a `.metrics.json`
+sibling), logs/ (stderr of trials that wrote any).
+"""
+import dataclasses
+import os
+import random
+import signal
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+from absl import app
+from absl import flags
+
+from spinesearch import evaluate
+from spinesearch.driver import EXIT_INTERRUPTED, SearchDriver, SearchSettings
+from spinesearch.errors import ConfigError, EXIT_USER_ERROR, run_cli
+from spinesearch.proxy import PRESETS as PROXY_PRESETS, ProxyConfig
+from spinesearch.runners import registry as runner_registry
+
+FLAGS = flags.FLAGS
+
+# ---- flags that define a search (stored; must match on resume) ----------------------
+
+flags.DEFINE_enum("search_space", "spinenet", ["spinenet", "nasfpn", "joint"],
+                  "Search space: the SpineNet scale-permuted backbone, NAS-FPN merging "
+                  "cells, or both as one decision sequence.")
+flags.DEFINE_enum("space_preset", "default", ["default", "vertex"],
+                  "Space settings: 'default' follows the SpineNet / NAS-FPN papers; "
+                  "'vertex' follows Vertex AI NAS (SpineNet level allocation, parent "
+                  "window 4, NAS-FPN levels 4..7).")
+flags.DEFINE_integer("parent_window", None,
+                     "Intermediate SpineNet blocks pick parents among the last K blocks "
+                     "built (default: the preset's, 5 in the paper).", lower_bound=2)
+flags.DEFINE_enum("algorithm", "ppo", ["ppo", "reinforce", "random", "evolution"],
+                  "Search algorithm: the RNN controller trained by PPO or REINFORCE, "
+                  "random search, or regularized evolution.")
+flags.DEFINE_integer("controller_batch_size", None,
+                     "ppo/reinforce: finished trials per policy update (default 10).",
+                     lower_bound=1)
+flags.DEFINE_float("controller_learning_rate", None,
+                   "ppo/reinforce: Adam learning rate (default: the published one, "
+                   "3.5e-4 for PPO, 6e-4 for REINFORCE).", lower_bound=0.0)
+flags.DEFINE_float("entropy_weight", None,
+                   "ppo/reinforce: weight of the entropy bonus (default 1e-5).",
+                   lower_bound=0.0)
+flags.DEFINE_float("baseline_decay", None,
+                   "ppo/reinforce: decay of the reward moving-average baseline "
+                   "(default 0.95).", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("ppo_epochs", None, "ppo: optimisation epochs per batch (default 4).",
+                     lower_bound=1)
+flags.DEFINE_float("clip_epsilon", None, "ppo: ratio clipping range (default 0.2).",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("population_size", None,
+                     "evolution: population size P (default 20).", lower_bound=1)
+flags.DEFINE_integer("sample_size", None,
+                     "evolution: tournament sample size S (default 5).", lower_bound=1)
+flags.DEFINE_integer("num_mutations", None,
+                     "evolution: decisions changed per mutation (default 1).", lower_bound=1)
+flags.DEFINE_enum("reward", "proxy", sorted(evaluate.REWARD_TYPES),
+                  "How a trial is scored: " + "; ".join(
+                      f"{name}: {t.description}"
+                      for name, t in sorted(evaluate.REWARD_TYPES.items())) + ".")
+flags.DEFINE_float("target_flops", None,
+                   "Cost target in G multiply-adds (the papers' GFLOPs): the reward becomes "
+                   "AP * (cost/target)^w (MnasNet).", lower_bound=0.0)
+flags.DEFINE_float("target_latency_ms", None,
+                   "Cost target in ms of measured CPU latency, as --target_flops.",
+                   lower_bound=0.0)
+flags.DEFINE_float("cost_weight", 0.07,
+                   "Soft constraint exponent: w = -cost_weight on both sides of the "
+                   "target (MnasNet: 0.07).", lower_bound=0.0)
+flags.DEFINE_boolean("hard_constraint", False,
+                     "Hard constraint: no penalty within the target, AP * target/cost above "
+                     "it (alpha=0, beta=-1).")
+flags.DEFINE_enum("proxy_preset", "quickstart", sorted(PROXY_PRESETS),
+                  "Proxy task of --reward=proxy: 'quickstart' (128 px, about 1.5 min per "
+                  "trial on 2 cores), 'paper' (the SpineNet paper's: 512 px, 5 epochs), "
+                  "'tiny' (a few steps, for tests).")
+_PROXY_OVERRIDES = (
+    ("image_size", flags.DEFINE_integer, "training and evaluation image side (multiple of 128)"),
+    ("train_steps", flags.DEFINE_integer, "training steps"),
+    ("batch_size", flags.DEFINE_integer, "training batch size"),
+    ("learning_rate", flags.DEFINE_float, "peak learning rate (SGD with momentum)"),
+    ("warmup_steps", flags.DEFINE_integer, "linear warm-up steps"),
+    ("filter_size_scale", flags.DEFINE_float, "backbone width multiplier"),
+    ("resample_alpha", flags.DEFINE_float, "SpineNet resampling alpha"),
+    ("endpoints_num_filters", flags.DEFINE_integer, "filters of the P3..P7 endpoints"),
+    ("head_num_convs", flags.DEFINE_integer, "convolutions per RetinaNet head"),
+    ("head_num_filters", flags.DEFINE_integer, "filters of the RetinaNet head"),
+    ("max_eval_images", flags.DEFINE_integer, "validation images evaluated (default: all)"),
+)
+for _name, _define, _help in _PROXY_OVERRIDES:
+  _define(f"proxy_{_name}", None, f"Proxy task: {_help} (default: the preset's).")
+flags.DEFINE_enum("proxy_precision", None, ["float32", "bfloat16"],
+                  "Proxy task: compute precision (default: the preset's).")
+flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "tfrecord"],
+                  "Training data for rewards that train: 'synthetic' is generated "
+                  "deterministically on first use into --cache_dir; 'tfrecord' is yours "
+                  "(--train_pattern, --val_pattern, --val_annotations).")
+flags.DEFINE_integer("synthetic_num_train", 512, "Synthetic training images.", lower_bound=1)
+flags.DEFINE_integer("synthetic_num_val", 64, "Synthetic validation images.", lower_bound=1)
+flags.DEFINE_integer("synthetic_image_size", None,
+                     "Synthetic image side (default: the proxy's image size).", lower_bound=1)
+flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic data set.", lower_bound=0)
+flags.DEFINE_string("train_pattern", None,
+                    "--dataset=tfrecord: glob of training TFRecords (Model Garden's detection "
+                    "tf.Example schema).")
+flags.DEFINE_string("val_pattern", None, "--dataset=tfrecord: glob of validation TFRecords.")
+flags.DEFINE_string("val_annotations", None,
+                    "--dataset=tfrecord: COCO JSON of the validation images.")
+flags.DEFINE_integer("seed", 0, "Seed of the search algorithm, the proxy training and the "
+                     "target_similarity target.", lower_bound=0)
+
+# ---- operational flags (may change when a search resumes) ---------------------------
+
+flags.DEFINE_string("search_dir", None,
+                    "Folder of the search: trials.db, tensorboard/, best/, logs/. Running "
+                    "the same command again resumes the search in it.")
+flags.DEFINE_integer("num_trials", 100,
+                     "Trial budget: the search ends when this many trials have finished "
+                     "(done or failed).", lower_bound=1)
+flags.DEFINE_integer("max_parallel_trials", 1, "Trials evaluated at once.", lower_bound=1)
+flags.DEFINE_integer("max_failed_trials", 10,
+                     "The search stops with an error once more trials than this have failed.",
+                     lower_bound=0)
+flags.DEFINE_float("trial_timeout_s", 3600.0,
+                   "A trial running longer than this many seconds is killed and recorded "
+                   "as failed.", lower_bound=0.001)
+flags.DEFINE_enum("runner", "local", list(runner_registry.runner_names()),
+                  "Where trials run: 'local' runs each trial in its own subprocess "
+                  "(isolated, with --trial_timeout_s); 'inline' evaluates trials in the "
+                  "driver process one at a time, for rewards that train nothing "
+                  "(target_similarity).")
+flags.DEFINE_string("cache_dir", os.environ.get("SPINESEARCH_CACHE", "~/.cache/spinesearch"),
+                    "Cache of generated data sets (default: $SPINESEARCH_CACHE or "
+                    "~/.cache/spinesearch).")
+flags.DEFINE_integer("top_k", 5, "Architectures kept in <search_dir>/best/.", lower_bound=1)
+
+OPERATIONAL_FLAGS = ("search_dir", "num_trials", "max_parallel_trials", "max_failed_trials",
+                     "trial_timeout_s", "runner", "cache_dir", "top_k")
+_RNN = ("ppo", "reinforce")
+# flag -> (the algorithm option it sets, the algorithms that take it)
+ALGORITHM_OPTION_FLAGS = {
+    "controller_batch_size": ("batch_size", _RNN),
+    "controller_learning_rate": ("learning_rate", _RNN),
+    "entropy_weight": ("entropy_weight", _RNN),
+    "baseline_decay": ("baseline_decay", _RNN),
+    "ppo_epochs": ("ppo_epochs", ("ppo",)),
+    "clip_epsilon": ("clip_epsilon", ("ppo",)),
+    "population_size": ("population_size", ("evolution",)),
+    "sample_size": ("sample_size", ("evolution",)),
+    "num_mutations": ("num_mutations", ("evolution",)),
+}
+
+
+def search_defining_flags() -> Dict[str, Any]:
+  """Values of the flags that define the search, as stored in its metadata."""
+  names = [f.name for f in FLAGS.get_flags_for_module(sys.modules[__name__])]
+  return {name: FLAGS[name].value for name in sorted(names) if name not in OPERATIONAL_FLAGS}
+
+
+# ---- flags -> the parts of a search ---------------------------------------------------
+
+def space_options() -> Dict[str, Any]:
+  options = {"preset": FLAGS.space_preset}
+  if FLAGS.parent_window is not None:
+    if FLAGS.search_space != "spinenet":
+      raise ConfigError(f"--parent_window applies to --search_space=spinenet only, "
+                        f"not {FLAGS.search_space}")
+    options["parent_window"] = FLAGS.parent_window
+  return options
+
+
+def algorithm_options() -> Dict[str, Any]:
+  """Options of --algorithm from the flags that were set (checked here, before
+  the RNN controller's TensorFlow import)."""
+  options = {}
+  for flag_name, (option, algorithms) in ALGORITHM_OPTION_FLAGS.items():
+    value = FLAGS[flag_name].value
+    if value is None:
+      continue
+    if FLAGS.algorithm not in algorithms:
+      raise ConfigError(f"--{flag_name} applies to --algorithm={'/'.join(algorithms)}, "
+                        f"not --algorithm={FLAGS.algorithm}")
+    options[option] = value
+  return options
+
+
+def reward_settings(space) -> Dict[str, Any]:
+  """The reward part of every trial request (see spinesearch.evaluate)."""
+  reward_type = evaluate.REWARD_TYPES[FLAGS.reward]
+  settings: Dict[str, Any] = {"type": FLAGS.reward}
+  cost = _cost_settings(reward_type)
+  if reward_type.needs_dataset or reward_type.measures_cost:
+    settings["proxy"], image_size = _proxy_settings(space)
+    if reward_type.needs_dataset:
+      settings["dataset"] = _dataset_settings(image_size)
+  settings["cost"] = cost
+  return settings
+
+
+def _cost_settings(reward_type) -> Optional[Dict[str, Any]]:
+  if FLAGS.target_flops is not None and FLAGS.target_latency_ms is not None:
+    raise ConfigError("--target_flops and --target_latency_ms: set one cost target, not both")
+  if FLAGS.target_flops is not None:
+    metric, target = "multiply_adds", FLAGS.target_flops
+  elif FLAGS.target_latency_ms is not None:
+    metric, target = "latency_ms", FLAGS.target_latency_ms
+  else:
+    return None
+  if not target > 0:
+    raise ConfigError(f"--target_{'flops' if metric == 'multiply_adds' else 'latency_ms'}: "
+                      f"must be positive, got {target}")
+  if not reward_type.measures_cost:
+    raise ConfigError(f"--reward={reward_type.name} measures no cost; a cost target needs "
+                      f"a reward that builds the model, e.g. --reward=proxy")
+  return {"metric": metric, "target": target, "cost_weight": FLAGS.cost_weight,
+          "hard_constraint": FLAGS.hard_constraint}
+
+
+def _proxy_settings(space) -> Tuple[Dict[str, Any], int]:
+  """The proxy preset and overrides (checked here, once), and its image size."""
+  overrides = {name: FLAGS[f"proxy_{name}"].value for name, _, _ in _PROXY_OVERRIDES
+               if FLAGS[f"proxy_{name}"].value is not None}
+  if FLAGS.proxy_precision is not None:
+    overrides["precision"] = FLAGS.proxy_precision
+  overrides["seed"] = FLAGS.seed
+  config = ProxyConfig.from_preset(FLAGS.proxy_preset, **overrides)
+  space.sample_architecture(random.Random(0)).check_image_size(config.image_size)
+  return {"preset": FLAGS.proxy_preset, "overrides": overrides}, config.image_size
+
+
+def _dataset_settings(proxy_image_size: int) -> Dict[str, Any]:
+  from spinesearch.data import dataset
+  tfrecord_flags = ("train_pattern", "val_pattern", "val_annotations")
+  if FLAGS.dataset == "tfrecord":
+    missing = [f"--{name}" for name in tfrecord_flags if not FLAGS[name].value]
+    if missing:
+      raise ConfigError(f"--dataset=tfrecord needs {', '.join(missing)}")
+    paths = dataset.user_dataset(FLAGS.train_pattern, FLAGS.val_pattern, FLAGS.val_annotations)
+  else:
+    given = [f"--{name}" for name in tfrecord_flags if FLAGS[name].value]
+    if given:
+      raise ConfigError(f"{', '.join(given)}: only for --dataset=tfrecord")
+    cache_dir = os.path.expanduser(FLAGS.cache_dir)
+    image_size = FLAGS.synthetic_image_size or proxy_image_size
+    print(f"dataset: synthetic, {FLAGS.synthetic_num_train} train / {FLAGS.synthetic_num_val} "
+          f"val images at {image_size} px, cached in {cache_dir}", flush=True)
+    paths = dataset.ensure_synthetic(cache_dir, num_train=FLAGS.synthetic_num_train,
+                                     num_val=FLAGS.synthetic_num_val, image_size=image_size,
+                                     seed=FLAGS.synthetic_seed)
+  return dataclasses.asdict(paths)
+
+
+# ---- the command ---------------------------------------------------------------------
+
+def _parse_flags(argv: List[str]) -> List[str]:
+  """absl's parsing, but a bad flag is one line and exit status 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    print(f"error: {message.removeprefix('ERROR:: ')}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _raise_interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
+def _main(argv: List[str]) -> int:
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected argument {argv[1]!r}: every setting is a --flag "
+                      f"(see --helpfull)")
+  if not FLAGS.search_dir:
+    raise ConfigError("--search_dir is required: the folder that holds the search")
+  signal.signal(signal.SIGTERM, _raise_interrupt)
+  settings = SearchSettings(
+      search_dir=FLAGS.search_dir, search_space=FLAGS.search_space,
+      space_options=space_options(), algorithm=FLAGS.algorithm,
+      algorithm_options=algorithm_options(), seed=FLAGS.seed,
+      defining_flags=search_defining_flags(), num_trials=FLAGS.num_trials,
+      max_parallel_trials=FLAGS.max_parallel_trials,
+      max_failed_trials=FLAGS.max_failed_trials, trial_timeout_s=FLAGS.trial_timeout_s,
+      runner=FLAGS.runner, top_k=FLAGS.top_k)
+  try:
+    driver = SearchDriver(settings, reward_settings)
+  except KeyboardInterrupt:
+    print("interrupted while preparing the search", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  return driver.run()
+
+
+def main(argv: List[str]) -> int:
+  return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,371 @@
+"""The search loop behind `spinesearch.controller`: propose, run, record, observe.
+
+Every step that changes the search is written to the trial store before the
+next one starts, in this order, so a driver killed between any two steps
+resumes without losing or repeating a finished trial:
+
+  propose -> store the pending trial (with the algorithm state that proposed
+  it) -> submit -> mark it running -> ... -> store its outcome -> observe ->
+  store the algorithm state.
+
+On resume, trials left pending or running run again with the same id and
+decisions, and finished trials the saved algorithm state has not observed are
+fed to it (in the order they finished) before anything new is proposed.
+"""
+import collections
+import dataclasses
+import glob
+import json
+import math
+import os
+import socket
+import sys
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, TextIO
+
+import spinesearch
+from spinesearch.algorithms.base import Observation, Proposal
+from spinesearch.errors import ConfigError
+from spinesearch.runners.base import TrialOutcome
+from spinesearch.space.architecture import Architecture, write_text_atomically
+from spinesearch.store import Trial, TrialStore
+
+EXIT_SEARCH_FAILED = 1
+EXIT_INTERRUPTED = 130
+_POLL_WAIT_S = 1.0
+# best/ is rewritten at most this often while trials finish (and always when
+# the driver stops): fast rewards finish many trials a second.
+_BEST_INTERVAL_S = 10.0
+_ERROR_CHARS = 160
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+  """Everything a search needs; `defining_flags` is what resume compares."""
+  search_dir: str
+  search_space: str
+  space_options: Dict[str, Any]
+  algorithm: str
+  algorithm_options: Dict[str, Any]
+  seed: int
+  defining_flags: Dict[str, Any]
+  num_trials: int = 100
+  max_parallel_trials: int = 1
+  max_failed_trials: int = 10
+  trial_timeout_s: Optional[float] = None
+  runner: str = "local"
+  top_k: int = 5
+
+
+class SearchFailed(Exception):
+  """The search stopped because too many trials failed."""
+
+
+class SearchDriver:
+  """One run of a search over `settings.search_dir` (new or resumed).
+
+  `reward_settings(space)` returns the reward part of every trial request; it
+  is called after the stored search (if any) has been checked against the
+  settings, so a refused resume never prepares data.
+  """
+
+  def __init__(self, settings: SearchSettings,
+               reward_settings: Callable[[Any], Dict[str, Any]], out: TextIO = sys.stdout):
+    from spinesearch.algorithms.registry import algorithm_from_state, build_algorithm
+    from spinesearch.runners.registry import build_runner
+    from spinesearch.space.registry import build_space
+    self.settings = settings
+    self.out = out
+    self.store = TrialStore(settings.search_dir)
+    self.runner = None
+    try:
+      stored = self.store.metadata()
+      if stored is not None:
+        _check_same_search(stored, settings, self.store.path)
+      self.space = build_space(settings.search_space, **settings.space_options)
+      if stored is not None and stored["space"] != _json_round_trip(self.space.config()):
+        raise ConfigError(
+            f"{self.store.path}: the {settings.search_space} space's configuration changed "
+            f"since this search was created ({stored['space']} then, "
+            f"{self.space.config()} now); resume it with the version that created it")
+      self.reward = reward_settings(self.space)
+      checkpoint = self.store.load_checkpoint()
+      if checkpoint is None:
+        self.algorithm = build_algorithm(settings.algorithm, self.space, settings.seed,
+                                         **settings.algorithm_options)
+      else:
+        self.algorithm = algorithm_from_state(self.space, checkpoint)
+      if stored is None:
+        self.store.create_search({
+            "flags": settings.defining_flags, "space": self.space.config(),
+            "seed": settings.seed, "version": spinesearch.__version__})
+      counts = self.store.counts()
+      if sum(counts.values()) > settings.num_trials:
+        raise ConfigError(
+            f"--num_trials={settings.num_trials} is below the {sum(counts.values())} trials "
+            f"this search already has")
+      self.runner = build_runner(settings.runner, max_parallel=settings.max_parallel_trials,
+                                 timeout_s=settings.trial_timeout_s,
+                                 search_dir=settings.search_dir)
+    except BaseException:
+      self.store.close()
+      raise
+    self.num_done, self.num_failed = counts["done"], counts["failed"]
+    self.num_created = sum(counts.values())
+    self.events = ScalarEvents(os.path.join(settings.search_dir, "tensorboard"))
+    self.best = BestArchitectures(os.path.join(settings.search_dir, "best"), settings.top_k)
+    best = self.store.best_trials(1)
+    self.best_reward = best[0].reward if best else None
+    self.last_error = ""
+
+  @property
+  def num_finished(self) -> int:
+    return self.num_done + self.num_failed
+
+  def run(self) -> int:
+    """Runs the search to its budget; returns the exit status."""
+    started = time.monotonic()
+    finished_before = self.num_finished
+    try:
+      queue = self._resume()
+      self._print(f"search {self.settings.search_dir}: {self.settings.search_space} space, "
+                  f"{self.settings.algorithm}, reward {self.reward['type']}, "
+                  f"{self.num_finished}/{self.settings.num_trials} trials finished"
+                  + (f", {len(queue)} to run again" if queue else ""))
+      while self.num_finished < self.settings.num_trials:
+        self._check_failures()
+        self._fill_workers(queue)
+        for outcome in self.runner.poll(_POLL_WAIT_S):
+          self._record(outcome, started, finished_before)
+    except SearchFailed as e:
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_SEARCH_FAILED
+    except KeyboardInterrupt:
+      print(f"interrupted after {self.num_finished}/{self.settings.num_trials} finished "
+            f"trials; run the same command to resume", file=sys.stderr)
+      return EXIT_INTERRUPTED
+    finally:
+      self.close()
+    self._summary(time.monotonic() - started)
+    return 0
+
+  def close(self) -> None:
+    if self.runner is not None:
+      self.runner.shutdown()
+      self.runner = None
+      self.store.requeue_unfinished()
+      self.best.update(self.store.best_trials(self.settings.top_k))
+      self.store.close()
+      self.events.close()
+
+  # ---- steps -----------------------------------------------------------------
+
+  def _resume(self) -> Deque[Trial]:
+    """Unfinished trials to run again; re-feeds the algorithm what it missed."""
+    queue = collections.deque(self.store.requeue_unfinished())
+    seen = set(self.algorithm.observed_ids)
+    finished = self.store.finished_trials()
+    failures = [t for t in finished if t.status == "failed"]
+    if failures:
+      self.last_error = f"trial {failures[-1].id}: {failures[-1].error}"
+    missed = [t for t in finished if t.id not in seen]
+    for trial in missed:
+      self.algorithm.observe(_observation(trial))
+    if missed:
+      self.store.save_checkpoint(self.algorithm.state())
+    self.best.update(self.store.best_trials(self.settings.top_k))
+    return queue
+
+  def _fill_workers(self, queue: Deque[Trial]) -> None:
+    while self.runner.free_slots() > 0:
+      if queue:
+        trial = queue.popleft()
+      elif self.num_created < self.settings.num_trials:
+        trial = self._new_trial()
+      else:
+        return
+      worker = self.runner.submit(trial.id, self._request(trial))
+      self.store.mark_running(trial.id, worker)
+
+  def _new_trial(self) -> Trial:
+    proposal = self.algorithm.propose()
+    architecture = self.space.decode(proposal.decisions)
+    self.num_created += 1
+    return self.store.add_trial(architecture.to_dict(), proposal.decisions,
+                                proposal.log_probs, checkpoint=self.algorithm.state())
+
+  def _request(self, trial: Trial) -> Dict[str, Any]:
+    return {"trial_id": trial.id, "seed": self.settings.seed,
+            "architecture": trial.architecture, "decisions": trial.decisions,
+            "space": self.space.config(), "reward": self.reward}
+
+  def _record(self, outcome: TrialOutcome, started: float, finished_before: int) -> None:
+    trial = self.store.finish_trial(outcome.trial_id, outcome.status, outcome.reward,
+                                    outcome.metrics, outcome.error)
+    scalars = self.algorithm.observe(_observation(trial))
+    self.store.save_checkpoint(self.algorithm.state())
+    if trial.status == "done":
+      self.num_done += 1
+      if self.best_reward is None or trial.reward > self.best_reward:
+        self.best_reward = trial.reward
+      if time.monotonic() - self.best.updated >= _BEST_INTERVAL_S:
+        self.best.update(self.store.best_trials(self.settings.top_k))
+    else:
+      self.num_failed += 1
+      self.last_error = f"trial {trial.id}: {trial.error}"
+    self._log_scalars(trial, scalars)
+    elapsed = time.monotonic() - started
+    done_here = self.num_finished - finished_before
+    eta = elapsed / done_here * (self.settings.num_trials - self.num_finished)
+    result = (f"reward {trial.reward:.4f}" if trial.status == "done"
+              else f"FAILED ({_shorten(trial.error)})")
+    best = "-" if self.best_reward is None else f"{self.best_reward:.4f}"
+    self._print(f"[{self.num_finished}/{self.settings.num_trials}] trial {trial.id} {result} "
+                f"best {best} elapsed {format_duration(elapsed)} eta {format_duration(eta)}")
+
+  def _log_scalars(self, trial: Trial, algorithm_scalars: Dict[str, float]) -> None:
+    values = {"search/failed_trials": self.num_failed}
+    if trial.status == "done":
+      values["search/reward"] = trial.reward
+    if self.best_reward is not None:
+      values["search/best_reward"] = self.best_reward
+    values.update({f"algorithm/{k}": v for k, v in algorithm_scalars.items()})
+    values.update({f"trial/{k}": v for k, v in trial.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v)})
+    self.events.scalars(self.num_finished, values)
+
+  def _check_failures(self) -> None:
+    if self.num_failed > self.settings.max_failed_trials:
+      raise SearchFailed(
+          f"stopping the search: {self.num_failed} trials failed, more than "
+          f"--max_failed_trials={self.settings.max_failed_trials}; last failure: "
+          f"{_shorten(self.last_error)}. Fix the cause (trial logs in "
+          f"{os.path.join(self.settings.search_dir, 'logs')}) or raise --max_failed_trials, "
+          f"then run the same command to resume")
+
+  def _summary(self, seconds: float) -> None:
+    folder = self.settings.search_dir
+    if self.best.entries:
+      top = self.best.entries[0]
+      best = f"best reward {top.reward:.4f} from trial {top.id}: {self.best.path(1, top)}"
+    else:
+      best = "no trial finished with a reward"
+    self._print(
+        f"search finished: {self.num_finished} trials ({self.num_done} done, "
+        f"{self.num_failed} failed); this run took {format_duration(seconds)}\n"
+        f"{best}\n"
+        f"top {len(self.best.entries)} architectures: {self.best.folder}\n"
+        f"trials: {os.path.join(folder, 'trials.db')}\n"
+        f"TensorBoard: tensorboard --logdir {self.events.logdir}")
+
+  def _print(self, line: str) -> None:
+    print(line, file=self.out, flush=True)
+
+
+def _observation(trial: Trial) -> Observation:
+  return Observation(trial.id, Proposal(list(trial.decisions), trial.log_probs),
+                     trial.reward if trial.status == "done" else None)
+
+
+def _check_same_search(stored: Dict[str, Any], settings: SearchSettings, where: str) -> None:
+  given = _json_round_trip(settings.defining_flags)
+  changed = [f"--{name}={_text(stored['flags'].get(name))} then, "
+             f"{_text(given.get(name))} now"
+             for name in sorted(set(stored["flags"]) | set(given))
+             if stored["flags"].get(name) != given.get(name)]
+  if changed:
+    raise ConfigError(
+        f"{where} holds a search created with other flags: {'; '.join(changed)}. "
+        f"Use the flags it was created with to resume it, or a new --search_dir")
+
+
+def _text(value: Any) -> str:
+  if value is None:
+    return "(unset)"
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _json_round_trip(value: Any) -> Any:
+  return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _shorten(text: Optional[str]) -> str:
+  text = " ".join((text or "").split())
+  return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS - 3] + "..."
+
+
+# ---- outputs -------------------------------------------------------------------------
+
+class BestArchitectures:
+  """`<search_dir>/best/`: the top-k done trials, best first, as
+  `rankNN-trialNNNN.json` (the shared architecture schema, named after the
+  trial) and `rankNN-trialNNNN.metrics.json` (reward, metrics, decisions)."""
+
+  def __init__(self, folder: str, k: int):
+    self.folder = folder
+    self.k = k
+    self.entries: List[Trial] = []
+    self.updated = -math.inf  # time.monotonic() of the last update
+
+  def path(self, rank: int, trial: Trial, suffix: str = ".json") -> str:
+    return os.path.join(self.folder, f"rank{rank:02d}-trial{trial.id:04d}{suffix}")
+
+  def update(self, best: List[Trial]) -> None:
+    """Brings the folder up to date with `best`. A finished trial never
+    changes, so a file whose name (rank and trial) is already there is
+    current; files are written atomically, metrics before architecture."""
+    keep = set()
+    for rank, trial in enumerate(best, start=1):
+      keep.update({self.path(rank, trial), self.path(rank, trial, ".metrics.json")})
+      if os.path.exists(self.path(rank, trial)):
+        continue
+      write_text_atomically(self.path(rank, trial, ".metrics.json"), json.dumps(
+          {"rank": rank, "trial_id": trial.id, "reward": trial.reward,
+           "metrics": trial.metrics, "decisions": trial.decisions}, indent=2) + "\n")
+      architecture = Architecture.from_dict(trial.architecture)
+      architecture.replace(name=f"trial{trial.id:04d}").save(self.path(rank, trial))
+    for stale in glob.glob(os.path.join(self.folder, "rank*-trial*.json")):
+      if stale not in keep:
+        os.unlink(stale)
+    self.entries = list(best)
+    self.updated = time.monotonic()
+
+
+class ScalarEvents:
+  """TensorBoard scalars without TensorFlow: event records written with
+  TensorBoard's own record writer, so a search whose reward needs no
+  TensorFlow never loads it. Each run of the driver adds one events file."""
+
+  def __init__(self, logdir: str):
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    self.logdir = logdir
+    os.makedirs(logdir, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    self._writer = RecordWriter(open(os.path.join(logdir, name), "ab"))
+    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def scalars(self, step: int, values: Dict[str, float]) -> None:
+    summary = self._summary_pb2.Summary(value=[
+        self._summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+        for tag, value in sorted(values.items())])
+    self._write(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+  def close(self) -> None:
+    self._writer.close()
+
+  def _write(self, event) -> None:
+    self._writer.write(event.SerializeToString())
+    self._writer.flush()
+
+
+def format_duration(seconds: float) -> str:
+  """42s, 3m10s, 2h05m."""
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -1,0 +1,225 @@
+"""What a worker process runs for one trial.
+
+`python -m spinesearch.evaluate` reads a request (JSON) on stdin, evaluates it,
+and writes the result (one JSON line) on stdout; anything else the trial prints
+goes to stderr, the trial's log. `evaluate_trial` is the same thing as a
+function.
+
+A request::
+
+  {"trial_id": 12, "seed": 0,
+   "architecture": {...},            # the shared architecture schema
+   "decisions": [3, 0, 5, ...],      # the space's decisions for it
+   "space": {...},                   # the space's config()
+   "reward": {"type": "proxy",
+              "proxy": {"preset": "quickstart", "overrides": {"train_steps": 200}},
+              "dataset": {...},      # DatasetPaths fields (rewards that train)
+              "cost": {"metric": "multiply_adds", "target": 2.0,   # or null
+                       "cost_weight": 0.07, "hard_constraint": false}}}
+
+A result: {"status": "done" | "failed", "reward": float | null,
+"metrics": {...}, "error": str | null}.
+
+Reward types are a small registry (`register_reward`): each says whether it
+trains on the dataset and whether it measures a model's cost, so the driver
+knows what to prepare. `target_similarity` imports no TensorFlow.
+
+For testing the search machinery, the environment variable SPINESEARCH_FAULTS
+makes chosen trials misbehave: a comma-separated list of KIND@TRIAL, where
+TRIAL is a trial id or `*` (every trial) and KIND is `crash` (raise),
+`kill` (the process SIGKILLs itself, as the out-of-memory killer would),
+`nan` (reward NaN), `sleep` (sleep an hour) or `sleep:SECONDS` (sleep, then
+evaluate normally). Example: SPINESEARCH_FAULTS="crash@3,sleep@5,sleep:0.2@*".
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+import spinesearch  # noqa: F401  (sets the TensorFlow environment first)
+
+FAULTS_ENV = "SPINESEARCH_FAULTS"
+# Set by the runner that starts a worker: the driver's pid. The worker ends
+# itself when that process is gone.
+PARENT_PID_ENV = "SPINESEARCH_PARENT_PID"
+_GIGA = 1e9
+
+Result = Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardType:
+  """A way to score an architecture.
+
+  needs_dataset: the driver prepares the dataset and sends its paths.
+  measures_cost: results carry params / multiply_adds / latency_ms, so a cost
+    target (--target_flops, --target_latency_ms) can apply.
+  """
+  name: str
+  evaluate: Callable[[Dict[str, Any]], Result]
+  needs_dataset: bool
+  measures_cost: bool
+  description: str
+
+
+REWARD_TYPES: Dict[str, RewardType] = {}
+
+
+def register_reward(name: str, *, needs_dataset: bool, measures_cost: bool,
+                    description: str):
+  """Decorator: registers `fn(request) -> result` as the reward type `name`."""
+  def register(fn: Callable[[Dict[str, Any]], Result]):
+    REWARD_TYPES[name] = RewardType(name, fn, needs_dataset, measures_cost, description)
+    return fn
+  return register
+
+
+def evaluate_trial(request: Dict[str, Any]) -> Result:
+  """Scores one trial; a reward that is not a finite number fails the trial."""
+  result = _injected_fault(request.get("trial_id"))
+  if result is None:
+    result = REWARD_TYPES[request["reward"]["type"]].evaluate(request)
+  reward = result.get("reward")
+  if result["status"] == "done" and (reward is None or not math.isfinite(reward)):
+    return failed(f"reward is {reward}, not a finite number", result.get("metrics"))
+  return result
+
+
+def done(reward: float, metrics: Dict[str, Any]) -> Result:
+  return {"status": "done", "reward": float(reward), "metrics": metrics, "error": None}
+
+
+def failed(error: str, metrics: Optional[Dict[str, Any]] = None) -> Result:
+  return {"status": "failed", "reward": None, "metrics": metrics or {}, "error": error}
+
+
+# ---- reward types ----------------------------------------------------------------
+
+@register_reward("target_similarity", needs_dataset=False, measures_cost=False,
+                 description="similarity to a hidden target architecture drawn from the "
+                             "space by --seed (known optimum 1.0; no training, for testing "
+                             "and benchmarking the search)")
+def _target_similarity(request: Dict[str, Any]) -> Result:
+  from spinesearch import rewards
+  from spinesearch.space.registry import space_from_config
+  space = space_from_config(request["space"])
+  similarity = rewards.target_similarity(space, request["decisions"], request["seed"])
+  return done(similarity, {"similarity": similarity})
+
+
+@register_reward("proxy", needs_dataset=True, measures_cost=True,
+                 description="AP after training a scaled-down RetinaNet on the proxy task "
+                             "(--proxy_preset and overrides), optionally traded against a "
+                             "cost target")
+def _proxy(request: Dict[str, Any]) -> Result:
+  from spinesearch.data.dataset import DatasetPaths
+  from spinesearch.proxy import ProxyConfig, ProxyTask
+  from spinesearch.space.architecture import Architecture
+  settings = request["reward"]
+  config = ProxyConfig.from_preset(settings["proxy"]["preset"], **settings["proxy"]["overrides"])
+  dataset = DatasetPaths(**dict(settings["dataset"],
+                                class_names=tuple(settings["dataset"]["class_names"])))
+  architecture = Architecture.from_dict(request["architecture"])
+  trial = ProxyTask(config, dataset).run(architecture)
+  metrics = {k: v for k, v in trial.to_dict().items() if k not in ("status", "error")}
+  if trial.status != "done":
+    return failed(trial.error or "proxy task failed without a reason", metrics)
+  return _with_cost(trial.ap, metrics, settings.get("cost"))
+
+
+def _with_cost(accuracy: float, metrics: Dict[str, Any],
+               cost: Optional[Dict[str, Any]]) -> Result:
+  """Accuracy as the reward, or the MnasNet trade-off against a cost target
+  (multiply-adds are compared in G, as --target_flops is given)."""
+  metrics = dict(metrics, accuracy=accuracy)
+  if not cost:
+    return done(accuracy, metrics)
+  from spinesearch import rewards
+  measured = metrics.get(cost["metric"])
+  if measured is None:
+    return failed(f"the proxy task measured no {cost['metric']} for the cost target", metrics)
+  if cost["metric"] == "multiply_adds":
+    measured /= _GIGA
+  metrics["cost"] = measured
+  reward = rewards.reward_with_cost_target(accuracy, measured, cost["target"],
+                                           cost_weight=cost["cost_weight"],
+                                           hard_constraint=cost["hard_constraint"])
+  return done(reward, metrics)
+
+
+# ---- fault injection (testing only; see module docstring) ---------------------------
+
+_FAULT_KINDS = ("crash", "kill", "nan", "sleep")
+
+
+def _injected_fault(trial_id: Optional[int]) -> Optional[Result]:
+  """Acts out the fault SPINESEARCH_FAULTS names for this trial; returns the
+  result to report instead of evaluating, if the fault has one."""
+  for entry in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
+    kind, _, target = entry.strip().partition("@")
+    kind, _, seconds = kind.partition(":")
+    if kind not in _FAULT_KINDS or not target:
+      raise ValueError(f"{FAULTS_ENV}: cannot read {entry!r}; expected KIND@TRIAL with KIND "
+                       f"in {', '.join(_FAULT_KINDS)}")
+    if target not in ("*", str(trial_id)):
+      continue
+    if kind == "crash":
+      raise RuntimeError(f"injected crash in trial {trial_id}")
+    if kind == "kill":
+      os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "nan":
+      return done(math.nan, {})
+    if kind == "sleep":
+      time.sleep(float(seconds) if seconds else 3600)
+  return None
+
+
+# ---- worker process ------------------------------------------------------------------
+
+_PARENT_CHECK_INTERVAL_S = 1.0
+
+
+def _exit_with_parent() -> None:
+  """Ends this worker (and its process group) if the driver that started it
+  dies, so a killed driver leaves no orphaned training behind. The driver's
+  pid comes from the environment: it may have died before this ran."""
+  parent = int(os.environ.get(PARENT_PID_ENV) or os.getppid())
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(_PARENT_CHECK_INTERVAL_S)
+    if os.getpgrp() == os.getpid():
+      os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(1)
+
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def main() -> int:
+  """Request on stdin, result on stdout (see module docstring)."""
+  request = json.load(sys.stdin)
+  # Libraries may print (progress bars, warnings); keep stdout for the result.
+  sys.stdout.flush()
+  result_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+  os.dup2(2, 1)
+  _exit_with_parent()
+  status = 0
+  try:
+    result = evaluate_trial(request)
+  except Exception as e:  # the trial's own failure, reported as its result
+    traceback.print_exc()
+    result = failed(f"{type(e).__name__}: {e}")
+    status = 1
+  result_out.write(json.dumps(result) + "\n")
+  result_out.close()
+  return status
+
+
+if __name__ == "__main__":
+  sys.exit(main())
