@@ -1,0 +1,152 @@
+"""Tests for spinesearch.modeling.builder: architectures -> Model Garden RetinaNet."""
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from official.core import exp_factory
+from official.vision.modeling import factory
+
+from spinesearch.errors import ArchitectureError, ConfigError
+from spinesearch.modeling import builder
+from spinesearch.modeling.cost import count_params
+from spinesearch.space import known
+from spinesearch.space.architecture import Architecture, BlockSpec, Scaling
+from spinesearch.space.registry import SPACES, build_space
+
+TINY = Scaling(filter_size_scale=0.25, resample_alpha=0.25, endpoints_num_filters=16,
+               head_num_convs=1, head_num_filters=16, fpn_num_filters=16,
+               fpn_num_repeats=1, resnet_model_id=10)
+NUM_CLASSES = 3
+NUM_ANCHORS = 9
+
+MOBILE = Architecture(space="spinenet", name="spinenet-mobile-49",
+                      blocks=tuple(BlockSpec(*b) for b in known.SPINENET_MOBILE_BLOCKS))
+
+# Outputs at P3..P5 only: the coarsest stride is 32, so 64 px is allowed.
+SHALLOW = Architecture(space="spinenet", name="shallow", blocks=(
+    BlockSpec(3, "residual", (0, 1), False), BlockSpec(4, "residual", (1, 2), False),
+    BlockSpec(3, "bottleneck", (2, 3), True), BlockSpec(4, "bottleneck", (2, 3), True),
+    BlockSpec(5, "bottleneck", (3, 4), True)))
+
+ARCHITECTURES = {
+    "spinenet": known.spinenet49(),
+    "nasfpn": known.nasfpn(),
+    "joint": known.spinenet49_nasfpn(),
+    "mbconv": MOBILE,
+}
+
+
+def _check_dense_outputs(model, image_size, levels=range(3, 8)):
+  images = tf.random.stateless_normal([1, image_size, image_size, 3], seed=[1, 2])
+  outputs = model(images, training=True)
+  assert sorted(outputs["cls_outputs"]) == sorted(str(level) for level in levels)
+  for level in levels:
+    side = image_size // 2 ** level
+    scores = outputs["cls_outputs"][str(level)]
+    boxes = outputs["box_outputs"][str(level)]
+    assert scores.shape == (1, side, side, NUM_CLASSES * NUM_ANCHORS)
+    assert boxes.shape == (1, side, side, 4 * NUM_ANCHORS)
+    assert np.isfinite(scores.numpy()).all() and np.isfinite(boxes.numpy()).all()
+
+
+def test_spinenet49_has_exactly_model_gardens_parameter_count():
+  config = exp_factory.get_exp_config("retinanet_spinenet_coco").task.model
+  config.input_size = [128, 128, 3]
+  garden_model = factory.build_retinanet(
+      tf_keras.layers.InputSpec(shape=[None, 128, 128, 3]), config)
+  ours = builder.build_retinanet(known.spinenet49(), num_classes=91, image_size=128)
+  assert count_params(ours) == count_params(garden_model) == 28_652_567
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+  """One tiny RetinaNet per kind of architecture, shared by the tests below."""
+  return {kind: builder.build_retinanet(arch, num_classes=NUM_CLASSES, image_size=128,
+                                        scaling=TINY, max_num_detections=7)
+          for kind, arch in ARCHITECTURES.items()}
+
+
+@pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
+def test_forward_pass_is_finite_for_every_kind_of_architecture(tiny_models, kind):
+  _check_dense_outputs(tiny_models[kind], 128)
+
+
+def test_model_garden_parts_per_space(tiny_models):
+  parts = {kind: (type(m.backbone).__name__, type(m.decoder).__name__)
+           for kind, m in tiny_models.items()}
+  assert parts == {"spinenet": ("SpineNet", "NoneType"),
+                   "nasfpn": ("ResNet", "NASFPN"),
+                   "joint": ("SpineNet", "NASFPN"),
+                   "mbconv": ("SpineNetMobile", "NoneType")}
+  assert tiny_models["nasfpn"].backbone.get_config()["model_id"] == TINY.resnet_model_id
+
+
+def test_inference_runs_batched_nms_and_returns_detections(tiny_models):
+  images = tf.random.stateless_normal([2, 128, 128, 3], seed=[3, 4])
+  outputs = tiny_models["spinenet"](images, image_shape=tf.constant([[128.0, 128.0]] * 2),
+                                    training=False)
+  assert outputs["detection_boxes"].shape == (2, 7, 4)
+  assert outputs["detection_scores"].shape == (2, 7)
+  assert np.all(outputs["num_detections"].numpy() <= 7)
+
+
+def test_scaling_argument_overrides_the_architectures_scaling():
+  overridden = builder.build_retinanet(SHALLOW, num_classes=NUM_CLASSES, image_size=64,
+                                       scaling=TINY)
+  embedded = builder.build_retinanet(SHALLOW.with_scaling(TINY), num_classes=NUM_CLASSES,
+                                     image_size=64)
+  assert count_params(overridden) == count_params(embedded)
+  assert overridden.head.get_config()["num_filters"] == TINY.head_num_filters
+  assert overridden.backbone.get_config()["endpoints_num_filters"] == \
+      TINY.endpoints_num_filters
+
+
+def test_levels_follow_the_architecture():
+  model = builder.build_retinanet(SHALLOW, num_classes=NUM_CLASSES, image_size=64,
+                                  scaling=TINY)
+  assert sorted(model.backbone.output_specs) == ["3", "4", "5"]
+  _check_dense_outputs(model, 64, levels=range(3, 6))
+  assert builder.build_decoder(SHALLOW, model.backbone.output_specs) is None
+
+
+def test_image_size_not_a_multiple_of_the_coarsest_stride_is_refused():
+  with pytest.raises(ArchitectureError, match=r"image size 100 is not a multiple of 128"):
+    builder.build_retinanet(known.spinenet49(), num_classes=NUM_CLASSES, image_size=100,
+                            scaling=TINY)
+
+
+def test_bad_settings_are_refused_with_one_clear_message():
+  with pytest.raises(ArchitectureError, match=r"resnet_model_id.*10, 18, 26.*got 11"):
+    builder.build_backbone(known.nasfpn(), image_size=128, scaling=TINY.replace(resnet_model_id=11))
+  with pytest.raises(ConfigError, match="activation"):
+    builder.build_backbone(known.spinenet49(), image_size=128, scaling=TINY, activation="gelu")
+  with pytest.raises(ConfigError, match="num_classes"):
+    builder.build_retinanet(known.spinenet49(), num_classes=0, image_size=128, scaling=TINY)
+  broken = known.spinenet49().replace(cells=known.nasfpn().cells)
+  with pytest.raises(ArchitectureError, match="no merging cells"):
+    builder.build_retinanet(broken, num_classes=NUM_CLASSES, image_size=128, scaling=TINY)
+
+
+def _sampled_architectures(seeds):
+  for name in sorted(SPACES):
+    for seed in seeds:
+      yield pytest.param(name, seed, id=f"{name}-{seed}")
+
+
+def _check_sample_builds(space_name, seed):
+  arch = build_space(space_name).sample_architecture(random.Random(seed))
+  model = builder.build_retinanet(arch, num_classes=NUM_CLASSES, image_size=128, scaling=TINY)
+  _check_dense_outputs(model, 128, levels=arch.output_levels)
+
+
+@pytest.mark.parametrize("space_name,seed", list(_sampled_architectures([0, 1])))
+def test_random_samples_of_every_space_build_and_run(space_name, seed):
+  _check_sample_builds(space_name, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space_name,seed", list(_sampled_architectures(range(2, 12))))
+def test_many_random_samples_of_every_space_build_and_run(space_name, seed):
+  _check_sample_builds(space_name, seed)
