@@ -215,7 +215,7 @@ def test_ensure_synthetic_generates_once_and_reuses(tmp_path, monkeypatch):
   assert len(calls) == 1
   assert results[0] == results[1]
   assert os.path.basename(os.path.dirname(results[0].val_annotations)) == (
-      "synthetic-64px-3-2-seed5")
+      f"synthetic-v{synthetic.GENERATOR_VERSION}-64px-3-2-seed5")
   assert dataset.ensure_synthetic(str(tmp_path), **params) == results[0]
   assert len(calls) == 1
 
@@ -235,11 +235,11 @@ def test_ensure_synthetic_leaves_nothing_after_a_failure(tmp_path,
   left = [p for p in os.listdir(tmp_path) if not p.endswith(".lock")]
   assert left == []
   # An abandoned build folder from a killed run is cleared on the next call.
-  os.mkdir(tmp_path / ".tmp-synthetic-64px-3-2-seed6-killed")
+  os.mkdir(tmp_path / f".tmp-synthetic-v{synthetic.GENERATOR_VERSION}-64px-3-2-seed6-killed")
   monkeypatch.setattr(synthetic, "generate", failing_generate)
   with pytest.raises(KeyboardInterrupt):
     dataset.ensure_synthetic(str(tmp_path), **params)
-  assert not (tmp_path / ".tmp-synthetic-64px-3-2-seed6-killed").exists()
+  assert not (tmp_path / f".tmp-synthetic-v{synthetic.GENERATOR_VERSION}-64px-3-2-seed6-killed").exists()
 
 
 def test_from_dir_without_description_is_a_dataset_error(tmp_path):

@@ -104,7 +104,8 @@ def default_cache_dir() -> str:
 
 def synthetic_dir_name(*, num_train: int, num_val: int, image_size: int,
                        seed: int) -> str:
-  return f"synthetic-{image_size}px-{num_train}-{num_val}-seed{seed}"
+  from spinesearch.data.synthetic import GENERATOR_VERSION
+  return f"synthetic-v{GENERATOR_VERSION}-{image_size}px-{num_train}-{num_val}-seed{seed}"
 
 
 def ensure_synthetic(cache_dir: str, *, num_train: int, num_val: int,
