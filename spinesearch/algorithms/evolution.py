@@ -1,0 +1,99 @@
+"""Regularized (aging) evolution, Real et al. 2019 (arXiv 1802.01548).
+
+A population of the P most recent successful trials. Until it holds P members
+every proposal is random; after that, a proposal is a mutation of the best of S
+members drawn at random, and each new member pushes out the oldest one (not the
+worst: aging keeps the search from resting on one lucky evaluation).
+
+A mutation re-samples a few decisions and repairs the rest of the sequence by
+walking the space's cursor: each later decision is kept when its mask still
+allows it and re-sampled otherwise, so every child is a valid architecture.
+Failed trials never join the population. Proposals while trials are pending are
+fine: the population simply has not changed yet.
+"""
+import collections
+import math
+from typing import Any, Dict, List, Sequence
+
+from spinesearch.algorithms.base import Observation, Proposal, SearchAlgorithm
+from spinesearch.errors import ConfigError
+from spinesearch.space.base import SearchSpace
+
+
+class RegularizedEvolution(SearchAlgorithm):
+  """Tournament selection of size `sample_size` in an aging population."""
+
+  name = "evolution"
+
+  def __init__(self, space: SearchSpace, seed: int, *, population_size: int = 20,
+               sample_size: int = 5, num_mutations: int = 1):
+    super().__init__(space, seed)
+    for option, value, minimum in (("population_size", population_size, 1),
+                                   ("sample_size", sample_size, 1),
+                                   ("num_mutations", num_mutations, 1)):
+      if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{option}: expected an integer >= {minimum}, got {value!r}")
+    if sample_size > population_size:
+      raise ConfigError(
+          f"sample_size: {sample_size} is larger than population_size {population_size}")
+    self.options = {"population_size": population_size, "sample_size": sample_size,
+                    "num_mutations": num_mutations}
+    # Oldest first; each member is {"trial_id", "decisions", "reward"}.
+    self.population: collections.deque = collections.deque()
+
+  def propose(self) -> Proposal:
+    if len(self.population) < self.options["population_size"]:
+      return Proposal(decisions=self.space.sample(self.rng))
+    contestants = self.rng.sample(list(self.population), self.options["sample_size"])
+    parent = max(contestants, key=lambda member: member["reward"])
+    return Proposal(decisions=self.mutate(parent["decisions"]))
+
+  def mutate(self, decisions: Sequence[int]) -> List[int]:
+    """A valid child that differs from `decisions` in at least one choice
+    (unless no decision of the space has an alternative)."""
+    masks = self.space.masks(decisions)
+    mutable = [i for i, mask in enumerate(masks) if sum(mask) > 1]
+    if not mutable:
+      return list(decisions)
+    changed = set(self.rng.sample(mutable, min(self.options["num_mutations"], len(mutable))))
+    cursor = self.space.start()
+    child = []
+    for i, old in enumerate(decisions):
+      valid = [c for c, ok in enumerate(cursor.mask()) if ok]
+      if i in changed:
+        alternatives = [c for c in valid if c != old]
+        choice = self.rng.choice(alternatives) if alternatives else old
+      elif old in valid:
+        choice = old
+      else:
+        choice = self.rng.choice(valid)
+      cursor.choose(choice)
+      child.append(choice)
+    return child
+
+  def _observe(self, observation: Observation) -> Dict[str, float]:
+    reward = observation.reward
+    if reward is None or not math.isfinite(reward):
+      return {}
+    self.population.append({"trial_id": observation.trial_id,
+                            "decisions": [int(d) for d in observation.proposal.decisions],
+                            "reward": float(reward)})
+    if len(self.population) > self.options["population_size"]:
+      self.population.popleft()
+    rewards = [member["reward"] for member in self.population]
+    return {"population_size": float(len(rewards)), "population_best": max(rewards),
+            "population_mean": sum(rewards) / len(rewards)}
+
+  def state(self) -> Dict[str, Any]:
+    state = super().state()
+    state.update({"space": self.space.name, "options": dict(self.options),
+                  "population": [dict(member) for member in self.population]})
+    return state
+
+  def load_state(self, state: Dict[str, Any]) -> None:
+    if state.get("options") != self.options:
+      raise ConfigError(
+          f"evolution state: saved with options {state.get('options')}, "
+          f"this search has {self.options}")
+    super().load_state(state)
+    self.population = collections.deque(dict(member) for member in state["population"])
