@@ -8,20 +8,11 @@ import pytest
 
 from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.space import known
+from space_helpers import count_sequences
 from spinesearch.space.nasfpn import MergingCellSpace
 from spinesearch.space.registry import space_from_config
 
 
-def count_sequences(space, prefix=()):
-  """Number of complete decision sequences reachable by mask-valid choices."""
-  cursor = space.start()
-  for choice in prefix:
-    cursor.choose(choice)
-  if len(prefix) == len(space.decisions()):
-    return 1
-  mask = cursor.mask()
-  assert any(mask), f"dead end after {prefix}"
-  return sum(count_sequences(space, prefix + (c,)) for c, ok in enumerate(mask) if ok)
 
 
 def with_cell(arch, index, **changes):

@@ -69,10 +69,15 @@ class SearchSpace(abc.ABC):
   def start(self) -> DecisionCursor:
     """A cursor before the first decision."""
 
-  @abc.abstractmethod
   def encode(self, architecture: Architecture) -> List[int]:
     """Decisions that decode to `architecture`; ArchitectureError if it is not
     in this space (the message says why)."""
+    self._check_space(architecture)
+    return self._encode(architecture)
+
+  @abc.abstractmethod
+  def _encode(self, architecture: Architecture) -> List[int]:
+    """encode() for an architecture whose `space` field names this space."""
 
   @abc.abstractmethod
   def log10_size(self) -> float:
@@ -117,11 +122,13 @@ class SearchSpace(abc.ABC):
   def validate(self, architecture: Architecture) -> Architecture:
     """Structural validation plus membership of this space."""
     architecture.validate()
+    self.encode(architecture)
+    return architecture
+
+  def _check_space(self, architecture: Architecture) -> None:
     if architecture.space != self.name:
       raise ArchitectureError(
           f"space: architecture is from the {architecture.space!r} space, not {self.name!r}")
-    self.encode(architecture)
-    return architecture
 
   def _replay(self, decisions: Sequence[int]) -> DecisionCursor:
     specs = self.decisions()

@@ -55,10 +55,7 @@ class JointSpace(SearchSpace):
   def start(self) -> "_JointCursor":
     return _JointCursor(self)
 
-  def encode(self, architecture: Architecture) -> List[int]:
-    if architecture.space != self.name:
-      raise ArchitectureError(
-          f"space: architecture is from the {architecture.space!r} space, not {self.name!r}")
+  def _encode(self, architecture: Architecture) -> List[int]:
     return self.backbone.encode_blocks(architecture.blocks) + \
         self.fpn.encode_cells(architecture.cells)
 

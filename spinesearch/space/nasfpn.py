@@ -109,10 +109,7 @@ class MergingCellSpace(SearchSpace):
   def start(self) -> "_MergingCellCursor":
     return _MergingCellCursor(self)
 
-  def encode(self, architecture: Architecture) -> List[int]:
-    if architecture.space != self.name:
-      raise ArchitectureError(
-          f"space: architecture is from the {architecture.space!r} space, not {self.name!r}")
+  def _encode(self, architecture: Architecture) -> List[int]:
     return self.encode_cells(architecture.cells)
 
   def log10_size(self) -> float:

@@ -185,10 +185,7 @@ class ScalePermutedSpace(SearchSpace):
   def start(self) -> "_ScalePermutedCursor":
     return _ScalePermutedCursor(self)
 
-  def encode(self, architecture: Architecture) -> List[int]:
-    if architecture.space != self.name:
-      raise ArchitectureError(
-          f"space: architecture is from the {architecture.space!r} space, not {self.name!r}")
+  def _encode(self, architecture: Architecture) -> List[int]:
     return self.encode_blocks(architecture.blocks)
 
   def log10_size(self) -> float:
