@@ -6,7 +6,7 @@ levels must be the backbone space's output levels.
 """
 from typing import Dict, List, Optional, Tuple
 
-from spinesearch.errors import ArchitectureError, ConfigError
+from spinesearch.errors import ConfigError
 from spinesearch.space.architecture import Architecture
 from spinesearch.space.base import Decision, DecisionCursor, Mask, SearchSpace
 from spinesearch.space.nasfpn import MergingCellSpace
