@@ -30,7 +30,7 @@ class TwoDecisionSpace(SearchSpace):
   def start(self):
     return _TwoDecisionCursor()
 
-  def encode(self, architecture):
+  def _encode(self, architecture):
     raise ArchitectureError("the two-decision test space has no architectures")
 
   def log10_size(self):
