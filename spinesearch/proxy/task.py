@@ -85,7 +85,8 @@ class ProxyTask:
     model = builder.build_retinanet(
         arch, num_classes=self.num_classes, image_size=self.config.image_size,
         num_scales=self.config.num_scales, aspect_ratios=self.config.aspect_ratios,
-        anchor_size=self.config.anchor_size, norm_momentum=self.config.norm_momentum)
+        anchor_size=self.config.anchor_size, norm_momentum=self.config.norm_momentum,
+        pre_nms_score_threshold=self.config.pre_nms_score_threshold)
     return model, mg_task
 
   def optimizer(self, total_steps: int) -> tf_keras.optimizers.Optimizer:
