@@ -8,7 +8,7 @@ import pytest
 
 from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.space import known
-from space_helpers import count_sequences
+from space_helpers import count_sequences, random_walks_refuse_masked_choices
 from spinesearch.space.registry import space_from_config
 from spinesearch.space.spinenet import ScalePermutedSpace
 
@@ -75,27 +75,8 @@ def test_random_samples_are_valid_in_space_and_round_trip(space):
 
 
 def test_random_walks_under_masks_always_validate_and_masked_out_choices_are_refused():
-  space = ScalePermutedSpace()
   rng = random.Random(3)
-  refused = 0
-  for _ in range(30):
-    cursor = space.start()
-    walk = []
-    for _ in space.decisions():
-      mask = cursor.mask()
-      valid = [c for c, ok in enumerate(mask) if ok]
-      assert valid
-      walk.append(rng.choice(valid))
-      cursor.choose(walk[-1])
-    cursor.architecture().validate()
-    for position, mask in enumerate(space.masks(walk)):
-      invalid = [c for c, ok in enumerate(mask) if not ok]
-      if invalid:
-        bad = walk[:position] + [rng.choice(invalid)] + walk[position + 1:]
-        with pytest.raises(ArchitectureError, match="is not valid at this point"):
-          space.decode(bad)
-        refused += 1
-  assert refused > 30 * 20
+  assert random_walks_refuse_masked_choices(ScalePermutedSpace(), rng, 30) > 30 * 20
 
 
 def test_cursor_refuses_a_masked_out_choice_and_an_early_architecture():
