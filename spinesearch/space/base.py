@@ -10,7 +10,7 @@ Algorithms only ever see decisions and masks; spaces turn them into
 import abc
 import dataclasses
 import random
-from typing import ClassVar, Dict, List, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 from spinesearch.errors import ArchitectureError
 from spinesearch.space.architecture import Architecture
@@ -54,6 +54,55 @@ class DecisionCursor(abc.ABC):
   @abc.abstractmethod
   def architecture(self) -> Architecture:
     """The architecture, once every decision is made."""
+
+
+class SequentialCursor(DecisionCursor):
+  """A cursor over one space's own decisions. It caches the mask (replaying
+  decisions asks for each twice: check, then choose) and refuses invalid
+  choices; a subclass says what each decision allows (`_compute_mask`) and
+  records a choice (`_apply`)."""
+
+  def __init__(self, space: "SearchSpace"):
+    self._space = space
+    self._decisions = space.decisions()
+    self._position = 0
+    self._mask: Optional[Mask] = None
+
+  @property
+  def position(self) -> int:
+    return self._position
+
+  def mask(self) -> Mask:
+    if self._mask is None:
+      if self._position >= len(self._decisions):
+        raise ArchitectureError(f"{self._space.name} space: every decision has been made")
+      self._mask = self._compute_mask(self._decisions[self._position])
+    return self._mask
+
+  def choose(self, choice: int) -> None:
+    mask = self.mask()
+    decision = self._decisions[self._position]
+    if isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < len(mask) \
+        or not mask[choice]:
+      raise ArchitectureError(f"{decision.name}: choice {choice!r} is not valid at this point")
+    self._apply(decision, choice)
+    self._position += 1
+    self._mask = None
+
+  def _require_complete(self) -> None:
+    total = len(self._decisions)
+    if self._position != total:
+      raise ArchitectureError(
+          f"{self._space.name} space: {self._position} of {total} decisions made; the "
+          f"architecture needs all of them")
+
+  @abc.abstractmethod
+  def _compute_mask(self, decision: Decision) -> Mask:
+    """Valid choices for `decision`, the next one."""
+
+  @abc.abstractmethod
+  def _apply(self, decision: Decision, choice: int) -> None:
+    """Records a valid choice for `decision`."""
 
 
 class SearchSpace(abc.ABC):

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.space import architecture as schema
 from spinesearch.space.architecture import Architecture, CellSpec
-from spinesearch.space.base import Decision, DecisionCursor, Mask, SearchSpace
+from spinesearch.space.base import Decision, Mask, SearchSpace, SequentialCursor
 
 # Keyword arguments of each preset; "vertex" is Vertex AI NAS's NAS-FPN space.
 PRESETS: Dict[str, Dict] = {
@@ -174,34 +174,19 @@ class MergingCellSpace(SearchSpace):
     return decisions
 
 
-class _MergingCellCursor(DecisionCursor):
+class _MergingCellCursor(SequentialCursor):
   """Keeps the state the masks depend on: the current cell's first input and
   the output levels not yet produced."""
 
   def __init__(self, space: MergingCellSpace):
-    self._space = space
-    self._mask: Optional[Mask] = None
-    self._position = 0
+    super().__init__(space)
     self._inputs: List[int] = []
     self._level = 0
     self._unused_outputs = set(space.levels)
     self._cells: List[CellSpec] = []
 
-  @property
-  def position(self) -> int:
-    return self._position
-
-  def mask(self) -> Mask:
-    # Replaying decisions asks for each mask twice (check, then choose).
-    if self._mask is None:
-      self._mask = self._compute_mask()
-    return self._mask
-
-  def _compute_mask(self) -> Mask:
+  def _compute_mask(self, decision: Decision) -> Mask:
     space = self._space
-    if self._position >= len(space.decisions()):
-      raise ArchitectureError("nasfpn space: every decision has been made")
-    decision = space.decisions()[self._position]
     cell = len(self._cells)
     if decision.kind == "cell_input":
       pool = space.pool_size(cell)
@@ -212,14 +197,7 @@ class _MergingCellCursor(DecisionCursor):
       return tuple(level in self._unused_outputs for level in space.levels)
     return (True,) * decision.num_choices
 
-  def choose(self, choice: int) -> None:
-    mask = self.mask()
-    decision = self._space.decisions()[self._position]
-    if isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < len(mask) \
-        or not mask[choice]:
-      raise ArchitectureError(f"{decision.name}: choice {choice!r} is not valid at this point")
-    self._position += 1
-    self._mask = None
+  def _apply(self, decision: Decision, choice: int) -> None:
     if decision.kind == "cell_input":
       self._inputs.append(choice)
     elif decision.kind == "cell_level":
@@ -234,11 +212,7 @@ class _MergingCellCursor(DecisionCursor):
 
   def cells(self) -> Tuple[CellSpec, ...]:
     """The cells, once every decision is made."""
-    total = len(self._space.decisions())
-    if self._position != total:
-      raise ArchitectureError(
-          f"nasfpn space: {self._position} of {total} decisions made; the architecture "
-          f"needs all of them")
+    self._require_complete()
     return tuple(self._cells)
 
   def architecture(self) -> Architecture:

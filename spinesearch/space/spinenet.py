@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.space import architecture as schema
 from spinesearch.space.architecture import Architecture, BlockSpec
-from spinesearch.space.base import Decision, DecisionCursor, Mask, SearchSpace
+from spinesearch.space.base import Decision, Mask, SearchSpace, SequentialCursor
 
 DEFAULT_ALLOCATION = {2: 1, 3: 1, 4: 4, 5: 4}
 
@@ -315,14 +315,12 @@ def _taken(remaining: Tuple[int, ...], slot: int) -> Tuple[int, ...]:
   return remaining[:slot] + (remaining[slot] - 1,) + remaining[slot + 1:]
 
 
-class _ScalePermutedCursor(DecisionCursor):
+class _ScalePermutedCursor(SequentialCursor):
   """Keeps the state the masks depend on: levels left to place and the current
   block's base level and first parent."""
 
   def __init__(self, space: ScalePermutedSpace):
-    self._space = space
-    self._mask: Optional[Mask] = None
-    self._choices: List[int] = []
+    super().__init__(space)
     self._remaining = dict(space.allocation)
     self._unused_outputs = set(space.output_levels)
     self._bases: List[int] = []
@@ -331,28 +329,16 @@ class _ScalePermutedCursor(DecisionCursor):
     self._parents: List[int] = []
     self._offset = 0
 
-  @property
-  def position(self) -> int:
-    return len(self._choices)
-
-  def mask(self) -> Mask:
-    # Replaying decisions asks for each mask twice (check, then choose).
-    if self._mask is None:
-      self._mask = self._compute_mask()
-    return self._mask
-
-  def _compute_mask(self) -> Mask:
+  def _compute_mask(self, decision: Decision) -> Mask:
     space = self._space
-    if self.position >= len(space.decisions()):
-      raise ArchitectureError("spinenet space: every decision has been made")
-    kind = space.decisions()[self.position].kind
+    kind = decision.kind
     if kind == "intermediate_base_level":
       return tuple(self._remaining[b] > 0 for b in space.base_levels)
     if kind == "output_level":
       return tuple(level in self._unused_outputs for level in space.output_levels)
     if kind == "parent":
       allowed = space.parent_range(len(self._blocks))
-      num = len(space.decisions()[self.position].choices)
+      num = decision.num_choices
       if not self._parents:
         return tuple(allowed.start <= f < allowed.stop - 1 for f in range(num))
       return tuple(self._parents[0] < f < allowed.stop for f in range(num))
@@ -361,16 +347,9 @@ class _ScalePermutedCursor(DecisionCursor):
       return tuple(o in valid for o in space.level_offsets)
     return (True,) * len(space.block_fns)
 
-  def choose(self, choice: int) -> None:
-    mask = self.mask()
-    if isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < len(mask) \
-        or not mask[choice]:
-      decision = self._space.decisions()[self.position]
-      raise ArchitectureError(f"{decision.name}: choice {choice!r} is not valid at this point")
+  def _apply(self, decision: Decision, choice: int) -> None:
     space = self._space
-    kind = space.decisions()[self.position].kind
-    self._choices.append(choice)
-    self._mask = None
+    kind = decision.kind
     block = len(self._blocks)
     if kind == "intermediate_base_level":
       base = space.base_levels[choice]
@@ -394,11 +373,7 @@ class _ScalePermutedCursor(DecisionCursor):
 
   def blocks(self) -> Tuple[BlockSpec, ...]:
     """The blocks, once every decision is made."""
-    total = len(self._space.decisions())
-    if self.position != total:
-      raise ArchitectureError(
-          f"spinenet space: {self.position} of {total} decisions made; the architecture "
-          f"needs all of them")
+    self._require_complete()
     return tuple(self._blocks)
 
   def architecture(self) -> Architecture:
