@@ -13,7 +13,8 @@ timeout, runner, cache) may change.
 Outputs in `--search_dir`: trials.db (see spinesearch.store), tensorboard/
 (reward, best reward, the algorithm's scalars, per-trial metrics), best/ (the
 top architectures as JSON in the shared schema, each with a `.metrics.json`
-sibling), logs/ (stderr of trials that wrote any).
+sibling), logs/ (stderr of trials that wrote any), report/ (plots and
+report.md, written when the search reaches its budget; spinesearch.report).
 """
 import dataclasses
 import os
@@ -27,7 +28,7 @@ from absl import flags
 
 from spinesearch import evaluate
 from spinesearch.driver import EXIT_INTERRUPTED, SearchDriver, SearchSettings
-from spinesearch.errors import ConfigError, EXIT_USER_ERROR, run_cli
+from spinesearch.errors import ArchitectureError, ConfigError, EXIT_USER_ERROR, run_cli
 from spinesearch.proxy import PRESETS as PROXY_PRESETS, ProxyConfig
 from spinesearch.runners import registry as runner_registry
 
@@ -127,6 +128,25 @@ flags.DEFINE_string("val_annotations", None,
                     "--dataset=tfrecord: COCO JSON of the validation images.")
 flags.DEFINE_integer("seed", 0, "Seed of the search algorithm, the proxy training and the "
                      "target_similarity target.", lower_bound=0)
+flags.DEFINE_integer("zero_shot_prefilter", None,
+                     "K: for each free worker the algorithm proposes K architectures, the "
+                     "driver scores each by Zen-score without training (seconds each) and "
+                     "runs only the best; the other K-1 are discarded before the algorithm "
+                     "observes anything (PPO keeps each trial's own sampling log-probs). "
+                     "K=1 records the Zen-score of every trial without choosing. For "
+                     "rewards other than zero_shot.", lower_bound=1)
+flags.DEFINE_enum("zero_shot_part", None, ["backbone", "detector"],
+                  "Zero-shot score (--reward=zero_shot, --zero_shot_prefilter) of the "
+                  "backbone's endpoints, or of the dense detector: backbone, merging cells "
+                  "and RetinaNet head (default detector; backbone builds faster).")
+flags.DEFINE_integer("zero_shot_image_size", None,
+                     "Zero-shot score: Gaussian image side, a multiple of 128 (default 128).",
+                     lower_bound=1)
+flags.DEFINE_integer("zero_shot_batch_size", None,
+                     "Zero-shot score: images per forward pass (default 8).", lower_bound=2)
+flags.DEFINE_integer("zero_shot_repeats", None,
+                     "Zero-shot score: draws of weights and images averaged (default 2).",
+                     lower_bound=1)
 
 # ---- operational flags (may change when a search resumes) ---------------------------
 
@@ -147,14 +167,33 @@ flags.DEFINE_enum("runner", "local", list(runner_registry.runner_names()),
                   "Where trials run: 'local' runs each trial in its own subprocess "
                   "(isolated, with --trial_timeout_s); 'inline' evaluates trials in the "
                   "driver process one at a time, for rewards that train nothing "
-                  "(target_similarity).")
+                  "(target_similarity); 'ray' runs each trial as the local runner does, "
+                  "on Ray workers of this machine or a cluster (--ray_address; needs the "
+                  "extra 'distributed').")
+flags.DEFINE_string("ray_address", None,
+                    "--runner=ray: unset or empty starts a local Ray instance with this "
+                    "machine's cores (no dashboard, listening on 127.0.0.1 only); 'auto' or "
+                    "HOST:PORT joins a Ray cluster started with `ray start`.")
+flags.DEFINE_float("trial_cpus", None,
+                   "--runner=ray: CPUs Ray reserves for each trial; its TensorFlow threads "
+                   "match them (default 1).", lower_bound=0.0)
+flags.DEFINE_float("trial_gpus", None,
+                   "--runner=ray: GPUs Ray reserves for each trial; a fraction shares a GPU "
+                   "(default 0).", lower_bound=0.0)
 flags.DEFINE_string("cache_dir", None,
                     "Cache of generated data sets (default: $SPINESEARCH_CACHE or "
                     "~/.cache/spinesearch).")
 flags.DEFINE_integer("top_k", 5, "Architectures kept in <search_dir>/best/.", lower_bound=1)
 
 OPERATIONAL_FLAGS = ("search_dir", "num_trials", "max_parallel_trials", "max_failed_trials",
-                     "trial_timeout_s", "runner", "cache_dir", "top_k")
+                     "trial_timeout_s", "runner", "cache_dir", "top_k", "ray_address",
+                     "trial_cpus", "trial_gpus")
+# flag -> (the runner option it sets, the runners that take it)
+RUNNER_OPTION_FLAGS = {
+    "ray_address": ("address", ("ray",)),
+    "trial_cpus": ("trial_cpus", ("ray",)),
+    "trial_gpus": ("trial_gpus", ("ray",)),
+}
 _RNN = ("ppo", "reinforce")
 # flag -> (the algorithm option it sets, the algorithms that take it)
 ALGORITHM_OPTION_FLAGS = {
@@ -203,17 +242,63 @@ def algorithm_options() -> Dict[str, Any]:
   return options
 
 
+def runner_options() -> Dict[str, Any]:
+  """Options of --runner from the flags that were set."""
+  options = {}
+  for flag_name, (option, runners) in RUNNER_OPTION_FLAGS.items():
+    value = FLAGS[flag_name].value
+    if value is None:
+      continue
+    if FLAGS.runner not in runners:
+      raise ConfigError(f"--{flag_name} applies to --runner={'/'.join(runners)}, "
+                        f"not --runner={FLAGS.runner}")
+    options[option] = value
+  return options
+
+
 def reward_settings(space) -> Dict[str, Any]:
   """The reward part of every trial request (see spinesearch.evaluate)."""
   reward_type = evaluate.REWARD_TYPES[FLAGS.reward]
   settings: Dict[str, Any] = {"type": FLAGS.reward}
   cost = _cost_settings(reward_type)
+  zero_shot = _zero_shot_settings(space)
   if reward_type.needs_dataset or reward_type.measures_cost:
     settings["proxy"], image_size = _proxy_settings(space)
     if reward_type.needs_dataset:
       settings["dataset"] = _dataset_settings(image_size)
   settings["cost"] = cost
+  if zero_shot is not None:
+    settings["zero_shot"] = zero_shot
   return settings
+
+
+_ZERO_SHOT_FLAGS = {"zero_shot_part": "part", "zero_shot_image_size": "image_size",
+                    "zero_shot_batch_size": "batch_size", "zero_shot_repeats": "repeats"}
+
+
+def _zero_shot_settings(space) -> Optional[Dict[str, Any]]:
+  """ZenSettings fields (spinesearch.zeroshot) from the flags that were set,
+  for --reward=zero_shot and --zero_shot_prefilter (the prefilter reads them
+  from the reward settings); None when neither is asked for."""
+  used = FLAGS.reward == "zero_shot" or FLAGS.zero_shot_prefilter is not None
+  if FLAGS.reward == "zero_shot" and FLAGS.zero_shot_prefilter is not None:
+    raise ConfigError("--zero_shot_prefilter picks proposals by Zen-score for a reward that "
+                      "trains; with --reward=zero_shot every trial already is that score")
+  settings = {}
+  for flag_name, field in _ZERO_SHOT_FLAGS.items():
+    value = FLAGS[flag_name].value
+    if value is None:
+      continue
+    if not used:
+      raise ConfigError(f"--{flag_name} applies to --reward=zero_shot or "
+                        f"--zero_shot_prefilter")
+    settings[field] = value
+  if "image_size" in settings:
+    try:
+      space.sample_architecture(random.Random(0)).check_image_size(settings["image_size"])
+    except ArchitectureError as e:
+      raise ConfigError(f"--zero_shot_image_size: {e}") from None
+  return settings if used else None
 
 
 def _cost_settings(reward_type) -> Optional[Dict[str, Any]]:
@@ -300,7 +385,8 @@ def _main(argv: List[str]) -> int:
       defining_flags=search_defining_flags(), num_trials=FLAGS.num_trials,
       max_parallel_trials=FLAGS.max_parallel_trials,
       max_failed_trials=FLAGS.max_failed_trials, trial_timeout_s=FLAGS.trial_timeout_s,
-      runner=FLAGS.runner, top_k=FLAGS.top_k)
+      runner=FLAGS.runner, runner_options=runner_options(), top_k=FLAGS.top_k,
+      zero_shot_prefilter=FLAGS.zero_shot_prefilter)
   try:
     driver = SearchDriver(settings, reward_settings)
   except KeyboardInterrupt:

@@ -11,6 +11,8 @@ resumes without losing or repeating a finished trial:
 On resume, trials left pending or running run again with the same id and
 decisions, and finished trials the saved algorithm state has not observed are
 fed to it (in the order they finished) before anything new is proposed.
+
+A search that reaches its budget ends with its report (spinesearch.report).
 """
 import collections
 import dataclasses
@@ -21,7 +23,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, TextIO
+from typing import Any, Callable, Deque, Dict, List, Optional, TextIO, Tuple
 
 import spinesearch
 from spinesearch.algorithms.base import Observation, Proposal
@@ -54,7 +56,10 @@ class SearchSettings:
   max_failed_trials: int = 10
   trial_timeout_s: Optional[float] = None
   runner: str = "local"
+  runner_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
   top_k: int = 5
+  # K proposals per new trial, the best by Zen-score runs (None: no prefilter).
+  zero_shot_prefilter: Optional[int] = None
 
 
 class SearchFailed(Exception):
@@ -67,10 +72,21 @@ class SearchDriver:
   `reward_settings(space)` returns the reward part of every trial request; it
   is called after the stored search (if any) has been checked against the
   settings, so a refused resume never prepares data.
+
+  With `settings.zero_shot_prefilter` = K, each new trial is the best of K
+  proposals by `candidate_scorer(architectures) -> scores` (default: their
+  Zen-scores under the reward's proxy scaling and zero-shot settings, computed
+  in this process). The other proposals are dropped before anything is
+  stored: no algorithm keeps state waiting on a proposal (see
+  spinesearch.algorithms.base), so the algorithm observes only trials that
+  ran, each with the log-probs of its own sampling, and the checkpoint saved
+  with the trial holds the random state after all K proposals, so a resumed
+  search proposes what an uninterrupted one would have.
   """
 
   def __init__(self, settings: SearchSettings,
-               reward_settings: Callable[[Any], Dict[str, Any]], out: TextIO = sys.stdout):
+               reward_settings: Callable[[Any], Dict[str, Any]], out: TextIO = sys.stdout,
+               candidate_scorer: Optional[Callable[[List[Architecture]], List[float]]] = None):
     from spinesearch.algorithms.registry import algorithm_from_state, build_algorithm
     from spinesearch.runners.registry import build_runner
     from spinesearch.space.registry import build_space
@@ -106,7 +122,7 @@ class SearchDriver:
             f"this search already has")
       self.runner = build_runner(settings.runner, max_parallel=settings.max_parallel_trials,
                                  timeout_s=settings.trial_timeout_s,
-                                 search_dir=settings.search_dir)
+                                 search_dir=settings.search_dir, **settings.runner_options)
     except BaseException:
       self.store.close()
       raise
@@ -117,6 +133,9 @@ class SearchDriver:
     best = self.store.best_trials(1)
     self.best_reward = best[0].reward if best else None
     self.last_error = ""
+    self.score_candidates = candidate_scorer or self._zen_scores
+    # Prefilter metrics of trials proposed in this run, until their outcome is stored.
+    self.prefilter_metrics: Dict[int, Dict[str, Any]] = {}
 
   @property
   def num_finished(self) -> int:
@@ -146,7 +165,7 @@ class SearchDriver:
       return EXIT_INTERRUPTED
     finally:
       self.close()
-    self._summary(time.monotonic() - started)
+    self._summary(time.monotonic() - started, self._write_report())
     return 0
 
   def close(self) -> None:
@@ -188,11 +207,43 @@ class SearchDriver:
       self.store.mark_running(trial.id, worker)
 
   def _new_trial(self) -> Trial:
-    proposal = self.algorithm.propose()
+    if self.settings.zero_shot_prefilter:
+      proposal, prefilter_metrics = self._prefiltered_proposal()
+    else:
+      proposal, prefilter_metrics = self.algorithm.propose(), None
     architecture = self.space.decode(proposal.decisions)
     self.num_created += 1
-    return self.store.add_trial(architecture.to_dict(), proposal.decisions,
-                                proposal.log_probs, checkpoint=self.algorithm.state())
+    trial = self.store.add_trial(architecture.to_dict(), proposal.decisions,
+                                 proposal.log_probs, checkpoint=self.algorithm.state())
+    if prefilter_metrics is not None:
+      self.prefilter_metrics[trial.id] = prefilter_metrics
+    return trial
+
+  def _prefiltered_proposal(self) -> Tuple[Proposal, Dict[str, Any]]:
+    """The best of K proposals by zero-shot score (the first of equals), and
+    the metrics recorded with its trial."""
+    started = time.monotonic()
+    candidates = [self.algorithm.propose() for _ in range(self.settings.zero_shot_prefilter)]
+    scores = [float(s) for s in self.score_candidates(
+        [self.space.decode(c.decisions) for c in candidates])]
+    best = max(range(len(candidates)), key=lambda i: (scores[i], -i))
+    return candidates[best], {"zen_score": scores[best], "zen_candidates": scores,
+                              "prefilter_seconds": time.monotonic() - started}
+
+  def _zen_scores(self, architectures: List[Architecture]) -> List[float]:
+    from spinesearch import zeroshot
+    return zeroshot.score_candidates(architectures, self.reward, self.settings.seed)
+
+  def _prefilter_metrics_of(self, trial_id: int) -> Dict[str, Any]:
+    """What the prefilter recorded for a trial. A trial proposed before the
+    driver restarted is scored again (the same score: it is seeded); the
+    scores of the proposals it beat are not kept across runs."""
+    if not self.settings.zero_shot_prefilter:
+      return {}
+    if trial_id in self.prefilter_metrics:
+      return self.prefilter_metrics.pop(trial_id)
+    architecture = Architecture.from_dict(self.store.trial(trial_id).architecture)
+    return {"zen_score": float(self.score_candidates([architecture])[0])}
 
   def _request(self, trial: Trial) -> Dict[str, Any]:
     return {"trial_id": trial.id, "seed": self.settings.seed,
@@ -200,8 +251,9 @@ class SearchDriver:
             "space": self.space.config(), "reward": self.reward}
 
   def _record(self, outcome: TrialOutcome, started: float, finished_before: int) -> None:
+    metrics = dict(outcome.metrics, **self._prefilter_metrics_of(outcome.trial_id))
     trial = self.store.finish_trial(outcome.trial_id, outcome.status, outcome.reward,
-                                    outcome.metrics, outcome.error)
+                                    metrics, outcome.error)
     scalars = self.algorithm.observe(_observation(trial))
     self.store.save_checkpoint(self.algorithm.state())
     if trial.status == "done":
@@ -244,7 +296,21 @@ class SearchDriver:
           f"{os.path.join(self.settings.search_dir, 'logs')}) or raise --max_failed_trials, "
           f"then run the same command to resume")
 
-  def _summary(self, seconds: float) -> None:
+  def _write_report(self) -> Optional[str]:
+    """Writes the search report (spinesearch.report) once the store is
+    closed; returns its path. The search has finished either way: a report
+    that fails is a warning line."""
+    try:
+      from spinesearch import report
+      return report.write_report(self.settings.search_dir, top_k=self.settings.top_k).markdown
+    except (Exception, KeyboardInterrupt) as e:  # nothing here may undo a finished search
+      reason = _shorten(str(e)) or type(e).__name__
+      print(f"warning: no search report ({reason}); write it later with "
+            f"python -m spinesearch.report --search_dir {self.settings.search_dir}",
+            file=sys.stderr)
+      return None
+
+  def _summary(self, seconds: float, report: Optional[str]) -> None:
     folder = self.settings.search_dir
     if self.best.entries:
       top = self.best.entries[0]
@@ -257,7 +323,8 @@ class SearchDriver:
         f"{best}\n"
         f"top {len(self.best.entries)} architectures: {self.best.folder}\n"
         f"trials: {os.path.join(folder, 'trials.db')}\n"
-        f"TensorBoard: tensorboard --logdir {self.events.logdir}")
+        + (f"report: {report}\n" if report else "")
+        + f"TensorBoard: tensorboard --logdir {self.events.logdir}")
 
   def _print(self, line: str) -> None:
     print(line, file=self.out, flush=True)

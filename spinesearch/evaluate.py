@@ -14,6 +14,7 @@ A request::
    "reward": {"type": "proxy",
               "proxy": {"preset": "quickstart", "overrides": {"train_steps": 200}},
               "dataset": {...},      # DatasetPaths fields (rewards that train)
+              "zero_shot": {...},    # ZenSettings fields (zero_shot: spinesearch.zeroshot)
               "cost": {"metric": "multiply_adds", "target": 2.0,   # or null
                        "cost_weight": 0.07, "hard_constraint": false}}}
 
@@ -131,6 +132,23 @@ def _proxy(request: Dict[str, Any]) -> Result:
   if trial.status != "done":
     return failed(trial.error or "proxy task failed without a reason", metrics)
   return _with_cost(trial.ap, metrics, settings.get("cost"))
+
+
+@register_reward("zero_shot", needs_dataset=False, measures_cost=True,
+                 description="Zen-score of the untrained architecture at the proxy's "
+                             "scaling (seconds per trial; --zero_shot_part, "
+                             "--zero_shot_image_size, --zero_shot_batch_size, "
+                             "--zero_shot_repeats), optionally traded against a cost target")
+def _zero_shot(request: Dict[str, Any]) -> Result:
+  from spinesearch import zeroshot
+  score, metrics = zeroshot.score_request(request)
+  cost = request["reward"].get("cost")
+  if not cost:
+    return done(score, metrics)
+  if not score > 0:
+    return failed(f"zen score {score:.3f} is not positive; a cost target scales the "
+                  f"score, which needs a positive one", metrics)
+  return _with_cost(score, metrics, cost)
 
 
 def _with_cost(accuracy: float, metrics: Dict[str, Any],

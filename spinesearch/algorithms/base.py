@@ -46,7 +46,9 @@ class SearchAlgorithm(abc.ABC):
 
   @abc.abstractmethod
   def propose(self) -> Proposal:
-    """A new architecture to evaluate; never blocks."""
+    """A new architecture to evaluate; never blocks. The driver may drop a
+    proposal unevaluated (--zero_shot_prefilter), so nothing here may wait
+    for a proposal to be observed."""
 
   def observe(self, observation: Observation) -> Dict[str, float]:
     """Takes a finished trial into account. Returns scalars worth logging

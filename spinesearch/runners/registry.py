@@ -33,5 +33,18 @@ def _inline_runner() -> Type[Runner]:
   return InlineRunner
 
 
+def _ray_runner() -> Type[Runner]:
+  try:
+    from spinesearch.runners.ray_runner import RayRunner
+  except ModuleNotFoundError as e:
+    if e.name != "ray":
+      raise
+    raise ConfigError("--runner=ray needs Ray, the optional extra 'distributed': "
+                      "pip install 'spinesearch[distributed]' (in a source checkout: "
+                      "pip install -e '.[distributed]')") from None
+  return RayRunner
+
+
 register_runner("local", _local_runner)
 register_runner("inline", _inline_runner)
+register_runner("ray", _ray_runner)
