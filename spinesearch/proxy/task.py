@@ -12,7 +12,7 @@ import contextlib
 import io
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import spinesearch  # noqa: F401  (Keras 2 environment before TensorFlow)
 import tensorflow as tf
@@ -49,6 +49,11 @@ class ProxyTask:
     """Trains, evaluates and measures one architecture. User mistakes (an
     architecture that cannot be built at this size) raise UserError; a
     diverging training run returns a failed result with its reason."""
+    return self.fit(architecture, progress)[1]
+
+  def fit(self, architecture: Architecture,
+          progress: Optional[Progress] = None) -> Tuple[tf_keras.Model, TrialResult]:
+    """As `run`, and also returns the trained model (proxy-scaled)."""
     start = time.perf_counter()
     result = TrialResult()
     arch = self.config.scaled(architecture)
@@ -66,7 +71,7 @@ class ProxyTask:
         result.multiply_adds = cost.count_multiply_adds(model, self.config.image_size)
         result.latency_ms = cost.measure_latency_ms(model, self.config.image_size)
     result.total_seconds = time.perf_counter() - start
-    return result
+    return model, result
 
   @property
   def num_classes(self) -> int:

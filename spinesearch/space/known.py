@@ -94,3 +94,21 @@ def nasfpn(scaling: Scaling = Scaling()) -> Architecture:
 def spinenet49_nasfpn(scaling: Scaling = Scaling()) -> Architecture:
   return Architecture(space="joint", name="spinenet49-nasfpn", scaling=scaling,
                       blocks=spinenet49().blocks, cells=nasfpn().cells)
+
+
+
+def scale_decreased(architecture: Architecture) -> Architecture:
+  """The same blocks in a ResNet-like order: by increasing level (decreasing
+  resolution), each fed by the two blocks before it, and the last block of
+  each output level as that level's output (as a ResNet's C3..C5 are). The
+  SpineNet paper's baseline for what scale permutation adds (its R0-SP53 and
+  section 6.1), made from the blocks of `architecture`."""
+  ordered = sorted(architecture.blocks, key=lambda b: b.level)  # stable
+  output_levels = {b.level for b in architecture.blocks if b.is_output}
+  last_of_level = {b.level: i for i, b in enumerate(ordered)}
+  # Offsets index [stem1, stem2, blocks...]: block i has index i + 2.
+  blocks = tuple(
+      BlockSpec(b.level, b.block_fn, (i, i + 1),
+                b.level in output_levels and last_of_level[b.level] == i)
+      for i, b in enumerate(ordered))
+  return architecture.replace(blocks=blocks, name=f"{architecture.name}-scale-decreased")

@@ -1,0 +1,329 @@
+"""Does the proxy task rank architectures the way longer training does?
+
+  python -m spinesearch.proxy_check --flagfile=configs/search/quickstart.flags \
+      [--num_architectures=10] [--long_train_factor=4] [--repeats=3] [--json]
+
+Samples `--num_architectures` architectures from the search space the flagfile
+describes, and trains each with the search's proxy (preset and overrides) and
+with a longer schedule (`--long_train_factor` times the steps, or another
+`--long_preset`). It also scores each with the zero-shot reward when that is
+registered, and trains the first architecture `--repeats` times with
+different seeds. It reports
+
+  * Kendall's tau between the proxy's and the long schedule's AP rankings
+    (1: the same order, 0: unrelated),
+  * Kendall's tau between the zero-shot score and the long schedule's AP,
+  * the coefficient of variation (std / mean) of AP over the repeats: seed
+    noise that a search's reward differences must exceed,
+
+as a table on stdout (`--json`: one JSON document), in
+`<output_dir>/proxy_check.json`, and as a scatter plot
+`<output_dir>/proxy_check.png`. Every evaluation runs through the search's
+runner (`--runner`, `--max_parallel_trials`, `--trial_timeout_s`) and is
+written to the JSON as it finishes, so running the same command again after a
+stop evaluates only what is missing.
+"""
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app, flags
+
+from spinesearch import controller, evaluate
+from spinesearch.errors import ConfigError, run_cli
+from spinesearch.proxy.config import ProxyConfig
+from spinesearch.runners.registry import build_runner
+from spinesearch.space.architecture import write_text_atomically
+from spinesearch.space.registry import build_space
+
+flags.DEFINE_integer("num_architectures", 10, "Architectures sampled from the space.",
+                     lower_bound=2)
+flags.DEFINE_float("long_train_factor", 4.0,
+                   "The long schedule trains this many times the proxy's steps (or epochs).",
+                   lower_bound=1.0)
+flags.DEFINE_string("long_preset", None,
+                    "Train the long schedule with this proxy preset instead (e.g. paper); "
+                    "--long_train_factor then applies to that preset's schedule.")
+flags.DEFINE_integer("repeats", 3, "Seeds the first architecture is trained with, for the "
+                     "coefficient of variation of its AP.", lower_bound=1)
+flags.DEFINE_string("output_dir", None,
+                    "Where results and the plot go (default: <search_dir>/proxy_check).")
+flags.DEFINE_boolean("json", False, "Print the report as JSON instead of a table.")
+
+FLAGS = flags.FLAGS
+RESULTS_FILE = "proxy_check.json"
+PLOT_FILE = "proxy_check.png"
+ZERO_SHOT_REWARD = "zero_shot"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One evaluation: an architecture under one schedule (and seed)."""
+  key: str
+  arch_index: int
+  request: Dict[str, Any]
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+  """Kendall's tau-b (ties in either ranking count as neither agreement nor
+  disagreement); None when either side has no two distinct values."""
+  if len(x) != len(y):
+    raise ValueError("kendall_tau needs two sequences of the same length")
+  concordant = discordant = ties_x = ties_y = 0
+  for i in range(len(x)):
+    for j in range(i + 1, len(x)):
+      dx, dy = x[i] - x[j], y[i] - y[j]
+      if dx == 0 and dy == 0:
+        continue
+      if dx == 0:
+        ties_x += 1
+      elif dy == 0:
+        ties_y += 1
+      elif (dx > 0) == (dy > 0):
+        concordant += 1
+      else:
+        discordant += 1
+  denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+  return (concordant - discordant) / denominator if denominator else None
+
+
+def coefficient_of_variation(values: Sequence[float]) -> Optional[float]:
+  """Sample standard deviation over the mean; None for fewer than 2 values or
+  a zero mean."""
+  if len(values) < 2:
+    return None
+  mean = sum(values) / len(values)
+  if mean == 0:
+    return None
+  variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+  return math.sqrt(variance) / abs(mean)
+
+
+# ---- the evaluations ------------------------------------------------------------------
+
+def plan_jobs(space, proxy: Dict[str, Any], dataset: Dict[str, Any], *, seed: int,
+              num_architectures: int, long_preset: Optional[str], long_train_factor: float,
+              repeats: int, zero_shot: bool) -> List[Job]:
+  """Every evaluation the check needs, with keys that name them."""
+  rng = random.Random(f"proxy-check-{seed}")
+  long_proxy = _long_schedule(proxy, long_preset, long_train_factor)
+  jobs = []
+  for index in range(num_architectures):
+    decisions = space.sample(rng)
+    base = {"seed": seed, "decisions": decisions, "space": space.config(),
+            "architecture": space.decode(decisions).to_dict()}
+
+    def job(kind, reward, index=index, base=base):
+      jobs.append(Job(f"{kind}/{index}", index, dict(base, reward=reward)))
+
+    job("proxy", {"type": "proxy", "proxy": proxy, "dataset": dataset, "cost": None})
+    job("long", {"type": "proxy", "proxy": long_proxy, "dataset": dataset, "cost": None})
+    if zero_shot:
+      job("zero_shot", {"type": ZERO_SHOT_REWARD, "proxy": proxy, "cost": None})
+    if index == 0:
+      for repeat in range(1, repeats):
+        reseeded = dict(proxy, overrides=dict(proxy["overrides"], seed=seed + repeat))
+        job(f"repeat{repeat}", {"type": "proxy", "proxy": reseeded, "dataset": dataset,
+                                "cost": None})
+  return jobs
+
+
+def _long_schedule(proxy: Dict[str, Any], long_preset: Optional[str],
+                   factor: float) -> Dict[str, Any]:
+  preset = long_preset or proxy["preset"]
+  overrides = dict(proxy["overrides"])
+  if long_preset:  # another preset keeps only the seed of the search's overrides
+    overrides = {"seed": overrides.get("seed", 0)}
+  config = ProxyConfig.from_preset(preset, **overrides)
+  if config.train_epochs:
+    overrides["train_epochs"] = config.train_epochs * factor
+  else:
+    overrides["train_steps"] = max(1, round(config.train_steps * factor))
+    overrides["warmup_steps"] = round(config.warmup_steps * factor)
+  return {"preset": preset, "overrides": overrides}
+
+
+def run_jobs(jobs: List[Job], runner, results_path: str, fingerprint: str,
+             out=sys.stderr) -> Dict[str, Dict[str, Any]]:
+  """Evaluates the jobs not yet in `results_path`; writes each outcome there
+  as it comes."""
+  results = _load_results(results_path, fingerprint)
+  pending = [j for j in jobs if j.key not in results]
+  by_id = {}
+  try:
+    while pending or by_id:
+      while pending and runner.free_slots() > 0:
+        job = pending.pop(0)
+        trial_id = len(results) + len(by_id) + 1
+        runner.submit(trial_id, dict(job.request, trial_id=trial_id))
+        by_id[trial_id] = job
+      for outcome in runner.poll(1.0):
+        job = by_id.pop(outcome.trial_id)
+        results[job.key] = {"status": outcome.status, "reward": outcome.reward,
+                            "metrics": outcome.metrics, "error": outcome.error}
+        write_text_atomically(results_path, json.dumps(
+            {"fingerprint": fingerprint, "results": results}, indent=1) + "\n")
+        note = f"{outcome.reward:.4f}" if outcome.status == "done" else f"failed: {outcome.error}"
+        print(f"[{len(results)}/{len(jobs)}] {job.key}: {note}", file=out, flush=True)
+  finally:
+    runner.shutdown()
+  return results
+
+
+def _load_results(path: str, fingerprint: str) -> Dict[str, Dict[str, Any]]:
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+    results, stored_fingerprint = stored["results"], stored["fingerprint"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"{path}: not a proxy_check results file ({e}); move it away") from e
+  if stored_fingerprint != fingerprint:
+    raise ConfigError(f"{path}: holds a check with other settings; use another --output_dir")
+  return results
+
+
+# ---- the report -----------------------------------------------------------------------
+
+def summarize(jobs: List[Job], results: Dict[str, Dict[str, Any]],
+              repeats: int) -> Dict[str, Any]:
+  """The table rows and the three statistics."""
+  num_architectures = 1 + max(j.arch_index for j in jobs)
+  rows = []
+  for index in range(num_architectures):
+    short, long = results.get(f"proxy/{index}"), results.get(f"long/{index}")
+    zero_shot = results.get(f"zero_shot/{index}")
+    metrics = (short or {}).get("metrics") or {}
+    rows.append({
+        "arch": index,
+        "proxy_ap": _reward(short), "long_ap": _reward(long), "zero_shot": _reward(zero_shot),
+        "multiply_adds_g": _giga(metrics.get("multiply_adds")),
+        "params_m": (metrics["params"] / 1e6) if metrics.get("params") else None,
+        "errors": [r["error"] for r in (short, long, zero_shot) if r and r["status"] != "done"],
+    })
+  repeat_aps = [_reward(results.get("proxy/0"))] + [
+      _reward(results.get(f"repeat{r}/0")) for r in range(1, repeats)]
+  repeat_aps = [ap for ap in repeat_aps if ap is not None]
+  return {
+      "rows": rows,
+      "kendall_tau_proxy_vs_long": _tau(rows, "proxy_ap"),
+      "kendall_tau_zero_shot_vs_long": _tau(rows, "zero_shot"),
+      "repeat_aps": repeat_aps,
+      "ap_coefficient_of_variation": coefficient_of_variation(repeat_aps),
+  }
+
+
+def _reward(result: Optional[Dict[str, Any]]) -> Optional[float]:
+  return result["reward"] if result and result["status"] == "done" else None
+
+
+def _giga(value: Optional[float]) -> Optional[float]:
+  return value / 1e9 if value else None
+
+
+def _tau(rows: List[Dict[str, Any]], column: str) -> Optional[float]:
+  pairs = [(r[column], r["long_ap"]) for r in rows
+           if r[column] is not None and r["long_ap"] is not None]
+  if len(pairs) < 2:
+    return None
+  return kendall_tau([a for a, _ in pairs], [b for _, b in pairs])
+
+
+def format_table(summary: Dict[str, Any]) -> str:
+  def cell(value, spec):
+    return format(value, spec) if value is not None else "-"
+
+  lines = [f"{'arch':>4}  {'proxy AP':>9}  {'long AP':>9}  {'zero-shot':>10}  "
+           f"{'G mult-adds':>11}  {'params M':>8}"]
+  for r in summary["rows"]:
+    lines.append(f"{r['arch']:>4}  {cell(r['proxy_ap'], '9.4f')}  {cell(r['long_ap'], '9.4f')}  "
+                 f"{cell(r['zero_shot'], '10.2f')}  {cell(r['multiply_adds_g'], '11.3f')}  "
+                 f"{cell(r['params_m'], '8.3f')}")
+    for error in r["errors"]:
+      lines.append(f"      failed: {error}")
+  cv = summary["ap_coefficient_of_variation"]
+  lines += [
+      f"Kendall tau, proxy AP vs long AP:   {cell(summary['kendall_tau_proxy_vs_long'], '.3f')}",
+      f"Kendall tau, zero-shot vs long AP:  {cell(summary['kendall_tau_zero_shot_vs_long'], '.3f')}",
+      f"AP over {len(summary['repeat_aps'])} seeds of arch 0: "
+      + ", ".join(f"{ap:.4f}" for ap in summary["repeat_aps"])
+      + f"  (coefficient of variation {cell(cv * 100 if cv is not None else None, '.1f')}%)",
+  ]
+  return "\n".join(lines)
+
+
+def plot(summary: Dict[str, Any], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  panels = [("proxy_ap", "proxy AP", summary["kendall_tau_proxy_vs_long"]),
+            ("zero_shot", "zero-shot score", summary["kendall_tau_zero_shot_vs_long"])]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+  for axis, (column, label, tau) in zip(axes, panels):
+    points = [(r[column], r["long_ap"], r["arch"]) for r in summary["rows"]
+              if r[column] is not None and r["long_ap"] is not None]
+    for x, y, index in points:
+      axis.scatter(x, y, color="tab:blue")
+      axis.annotate(str(index), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    tau_text = f"{tau:.2f}" if tau is not None else "n/a"
+    axis.set_title(f"{label} vs long-schedule AP (Kendall tau {tau_text})", fontsize=10)
+    axis.set_xlabel(label)
+    axis.set_ylabel("long-schedule AP")
+    axis.grid(alpha=0.3)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+# ---- the command ----------------------------------------------------------------------
+
+def _main(argv: List[str]) -> int:
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected argument {argv[1]!r}: every setting is a --flag")
+  if not evaluate.REWARD_TYPES[FLAGS.reward].needs_dataset:
+    raise ConfigError(f"--reward={FLAGS.reward} trains nothing; proxy_check needs a search "
+                      f"flagfile with a training reward such as --reward=proxy")
+  space = build_space(FLAGS.search_space, **controller.space_options())
+  with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the report
+    settings = controller.reward_settings(space)
+  long_preset = FLAGS.long_preset
+  if long_preset is not None:
+    ProxyConfig.from_preset(long_preset)  # an unknown name is refused here
+  jobs = plan_jobs(space, settings["proxy"], settings["dataset"], seed=FLAGS.seed,
+                   num_architectures=FLAGS.num_architectures, long_preset=long_preset,
+                   long_train_factor=FLAGS.long_train_factor, repeats=FLAGS.repeats,
+                   zero_shot=ZERO_SHOT_REWARD in evaluate.REWARD_TYPES)
+  output_dir = FLAGS.output_dir or os.path.join(FLAGS.search_dir or ".", "proxy_check")
+  os.makedirs(output_dir, exist_ok=True)
+  fingerprint = hashlib.sha256(json.dumps([j.request for j in jobs], sort_keys=True)
+                               .encode()).hexdigest()[:16]
+  runner = build_runner(FLAGS.runner, max_parallel=FLAGS.max_parallel_trials,
+                        timeout_s=FLAGS.trial_timeout_s, search_dir=output_dir)
+  results = run_jobs(jobs, runner, os.path.join(output_dir, RESULTS_FILE), fingerprint)
+  summary = summarize(jobs, results, FLAGS.repeats)
+  summary["output_dir"] = output_dir
+  plot(summary, os.path.join(output_dir, PLOT_FILE))
+  if FLAGS.json:
+    print(json.dumps(summary, indent=2))
+  else:
+    print(format_table(summary))
+    print(f"results: {os.path.join(output_dir, RESULTS_FILE)}, "
+          f"plot: {os.path.join(output_dir, PLOT_FILE)}")
+  return 0
+
+
+def main(argv: List[str]) -> int:
+  return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=controller._parse_flags)
