@@ -167,7 +167,7 @@ flags.DEFINE_enum("runner", "local", list(runner_registry.runner_names()),
                   "Where trials run: 'local' runs each trial in its own subprocess "
                   "(isolated, with --trial_timeout_s); 'inline' evaluates trials in the "
                   "driver process one at a time, for rewards that train nothing "
-                  "(target_similarity); 'ray' runs each trial as the local runner does, "
+                  "(target_similarity, zero_shot); 'ray' runs each trial as the local runner does, "
                   "on Ray workers of this machine or a cluster (--ray_address; needs the "
                   "extra 'distributed').")
 flags.DEFINE_string("ray_address", None,

@@ -109,8 +109,9 @@ def coefficient_of_variation(values: Sequence[float]) -> Optional[float]:
 
 def plan_jobs(space, proxy: Dict[str, Any], dataset: Dict[str, Any], *, seed: int,
               num_architectures: int, long_preset: Optional[str], long_train_factor: float,
-              repeats: int, zero_shot: bool) -> List[Job]:
-  """Every evaluation the check needs, with keys that name them."""
+              repeats: int, zero_shot: Optional[Dict[str, Any]]) -> List[Job]:
+  """Every evaluation the check needs, with keys that name them. `zero_shot`:
+  the ZenSettings fields of the zero-shot job (None: no zero-shot job)."""
   rng = random.Random(f"proxy-check-{seed}")
   long_proxy = _long_schedule(proxy, long_preset, long_train_factor)
   jobs = []
@@ -124,8 +125,9 @@ def plan_jobs(space, proxy: Dict[str, Any], dataset: Dict[str, Any], *, seed: in
 
     job("proxy", {"type": "proxy", "proxy": proxy, "dataset": dataset, "cost": None})
     job("long", {"type": "proxy", "proxy": long_proxy, "dataset": dataset, "cost": None})
-    if zero_shot:
-      job("zero_shot", {"type": ZERO_SHOT_REWARD, "proxy": proxy, "cost": None})
+    if zero_shot is not None:
+      job("zero_shot", {"type": ZERO_SHOT_REWARD, "proxy": proxy, "zero_shot": zero_shot,
+                        "cost": None})
     if index == 0:
       for repeat in range(1, repeats):
         reseeded = dict(proxy, overrides=dict(proxy["overrides"], seed=seed + repeat))
@@ -301,7 +303,8 @@ def _main(argv: List[str]) -> int:
   jobs = plan_jobs(space, settings["proxy"], settings["dataset"], seed=FLAGS.seed,
                    num_architectures=FLAGS.num_architectures, long_preset=long_preset,
                    long_train_factor=FLAGS.long_train_factor, repeats=FLAGS.repeats,
-                   zero_shot=ZERO_SHOT_REWARD in evaluate.REWARD_TYPES)
+                   zero_shot=(settings.get("zero_shot") or {}
+                              if ZERO_SHOT_REWARD in evaluate.REWARD_TYPES else None))
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.search_dir or ".", "proxy_check")
   os.makedirs(output_dir, exist_ok=True)
   fingerprint = hashlib.sha256(json.dumps([j.request for j in jobs], sort_keys=True)

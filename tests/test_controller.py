@@ -78,6 +78,9 @@ def test_helpfull_documents_every_flag():
                "search_dir", "seed", "target_flops", "target_latency_ms", "cost_weight",
                "hard_constraint", "proxy_preset", "proxy_image_size", "proxy_train_steps",
                "proxy_batch_size", "dataset", "cache_dir", "synthetic_num_train",
+               "zero_shot_prefilter", "zero_shot_part", "zero_shot_image_size",
+               "zero_shot_batch_size", "zero_shot_repeats", "ray_address", "trial_cpus",
+               "trial_gpus",
                "synthetic_num_val", "synthetic_image_size", "train_pattern", "val_pattern",
                "val_annotations", "top_k"):
     assert f"--{flag}:" in done.stdout or f"--[no]{flag}:" in done.stdout, flag

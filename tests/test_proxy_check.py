@@ -44,7 +44,7 @@ def test_the_plan_has_both_schedules_the_zero_shot_score_and_reseeded_repeats():
   space = build_space("spinenet")
   proxy = {"preset": "tiny", "overrides": {"seed": 7}}
   jobs = plan_jobs(space, proxy, {"train_pattern": "x"}, seed=7, num_architectures=3,
-                   long_preset=None, long_train_factor=2.5, repeats=3, zero_shot=True)
+                   long_preset=None, long_train_factor=2.5, repeats=3, zero_shot={"repeats": 1})
   assert [j.key for j in jobs] == [
       "proxy/0", "long/0", "zero_shot/0", "repeat1/0", "repeat2/0",
       "proxy/1", "long/1", "zero_shot/1", "proxy/2", "long/2", "zero_shot/2"]
@@ -53,11 +53,12 @@ def test_the_plan_has_both_schedules_the_zero_shot_score_and_reseeded_repeats():
   long = by_key["long/1"]["reward"]["proxy"]["overrides"]
   assert long["train_steps"] == round(tiny.train_steps * 2.5) and long["seed"] == 7
   assert [by_key[f"repeat{r}/0"]["reward"]["proxy"]["overrides"]["seed"] for r in (1, 2)] == [8, 9]
+  assert by_key["zero_shot/1"]["reward"]["zero_shot"] == {"repeats": 1}
   assert by_key["proxy/0"]["architecture"] == by_key["repeat2/0"]["architecture"]
   assert by_key["proxy/0"]["architecture"] != by_key["proxy/1"]["architecture"]
   # The same seed plans the same architectures.
   again = plan_jobs(space, proxy, {"train_pattern": "x"}, seed=7, num_architectures=3,
-                    long_preset=None, long_train_factor=2.5, repeats=3, zero_shot=True)
+                    long_preset=None, long_train_factor=2.5, repeats=3, zero_shot={"repeats": 1})
   assert [j.request for j in again] == [j.request for j in jobs]
 
 
@@ -65,7 +66,7 @@ def test_summary_table_and_plot_from_results(tmp_path):
   from spinesearch.space.registry import build_space
   jobs = plan_jobs(build_space("spinenet"), {"preset": "tiny", "overrides": {}}, {}, seed=0,
                    num_architectures=3, long_preset=None, long_train_factor=2, repeats=2,
-                   zero_shot=True)
+                   zero_shot={})
 
   def done(reward):
     return {"status": "done", "reward": reward, "error": None,
