@@ -283,7 +283,6 @@ def test_a_search_on_ray_completes_its_budget_and_records_a_killed_trial(tmp_pat
   assert all(r[2].startswith("ray:127.0.0.1:") for r in rows)
 
 
-@pytest.mark.slow  # two Ray start-ups: 25-30 s on a shared 2-core machine
 def test_sigkill_of_the_driver_then_resume_completes_the_budget_once(tmp_path):
   pytest.importorskip("ray")
   search_dir = str(tmp_path / "search")
