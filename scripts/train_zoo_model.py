@@ -17,13 +17,13 @@ pycocotools metrics of the stored weights on the validation split, training
 record) is replaced atomically. The entry takes the dataset's classes.
 """
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Sequence
 
 from spinesearch.errors import ConfigError, run_cli
+from spinesearch.proxy.config import parse_overrides
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -69,14 +69,7 @@ def recipe_overrides(args: argparse.Namespace) -> dict:
   for key in ("batch_size", "learning_rate", "warmup_steps"):
     if getattr(args, key) is not None:
       overrides[key] = getattr(args, key)
-  for item in args.set:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-    try:
-      overrides[key.strip()] = json.loads(value)
-    except json.JSONDecodeError:
-      overrides[key.strip()] = value
+  overrides.update(parse_overrides(args.set))
   return overrides
 
 

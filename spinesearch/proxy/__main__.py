@@ -6,6 +6,7 @@ import sys
 from absl import app, flags
 
 from spinesearch.errors import ConfigError, run_cli
+from spinesearch.proxy.config import parse_overrides
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("architecture", None, "Architecture JSON file (SpineSearch schema).")
@@ -24,19 +25,6 @@ flags.DEFINE_string("train_pattern", None, "Training TFRecord glob (--dataset=tf
 flags.DEFINE_string("val_pattern", None, "Validation TFRecord glob (--dataset=tfrecord).")
 flags.DEFINE_string("val_annotations", None, "Validation COCO JSON (--dataset=tfrecord).")
 flags.DEFINE_bool("json", False, "Print the TrialResult as JSON.")
-
-
-def parse_overrides(items):
-  overrides = {}
-  for item in items:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-    try:
-      overrides[key.strip()] = json.loads(value)
-    except json.JSONDecodeError:
-      overrides[key.strip()] = value
-  return overrides
 
 
 def dataset_from_flags(image_size: int):

@@ -6,8 +6,9 @@ a half per trial at 128 px). `paper` is the SpineNet paper's proxy (section 5.1)
 5 epochs.
 """
 import dataclasses
+import json
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 from spinesearch.errors import ConfigError
 from spinesearch.space.architecture import Architecture, Scaling
@@ -111,6 +112,21 @@ class ProxyConfig:
       return max(1, math.ceil(self.train_epochs * num_train_images / self.batch_size))
     return self.train_steps
 
+
+
+def parse_overrides(items: Iterable[str]) -> Dict:
+  """`KEY=VALUE` settings (as given to --set) as a dict; a VALUE that parses
+  as JSON is that value, anything else a string."""
+  overrides = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    try:
+      overrides[key.strip()] = json.loads(value)
+    except json.JSONDecodeError:
+      overrides[key.strip()] = value
+  return overrides
 
 PRESETS: Dict[str, ProxyConfig] = {
     "quickstart": ProxyConfig(),
