@@ -164,7 +164,7 @@ def config_command(args) -> int:
   entry = registry.get_entry(args.model, args.zoo_dir)
   text = yaml.dump(modeling.model_garden_config(entry).as_dict(), default_flow_style=False)
   if args.output:
-    from spinesearch.space.architecture import write_text_atomically
+    from spinesearch.files import write_text_atomically
     write_text_atomically(args.output, text)
     print(f"wrote {args.output} (Model Garden experiment retinanet_spinesearch; import "
           f"spinesearch.modeling.garden before Model Garden reads it)")

@@ -30,7 +30,8 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from spinesearch.errors import ArchitectureError, UserError
-from spinesearch.space.architecture import Architecture, write_text_atomically
+from spinesearch.files import write_text_atomically
+from spinesearch.space.architecture import Architecture
 
 ZOO_VERSION = 1
 WEIGHTS_FORMAT = "npz-v1"

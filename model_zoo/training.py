@@ -54,15 +54,9 @@ class EntryTrainingTask(ProxyTask):
     super().__init__(config, dataset)
     self.entry = entry
 
-  def build(self, arch: Architecture):
-    tf_keras.backend.clear_session()
-    tf_keras.utils.set_random_seed(self.config.seed)
-    tf_keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if self.config.precision == "bfloat16" else "float32")
-    mg_task = self._model_garden_task(arch)
+  def build_model(self, arch: Architecture, block_names=None):
     # Batch-norm momentum is a training setting: the proxy's suits short runs.
-    model = modeling.build_model(self.entry, norm_momentum=self.config.norm_momentum)
-    return model, mg_task
+    return modeling.build_model(self.entry, norm_momentum=self.config.norm_momentum)
 
 
 def adapt_to_dataset(entry: ZooEntry, dataset: DatasetPaths) -> ZooEntry:

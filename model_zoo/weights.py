@@ -12,20 +12,14 @@ file. The archive is written deterministically (fixed member order and
 timestamps, no compression), so the same weights always hash the same.
 """
 import collections
-import hashlib
-import io
 import os
-import tempfile
-import zipfile
 from typing import Dict, Mapping
 
 import numpy as np
 import tensorflow as tf
 
 from model_zoo.entry import WEIGHTS_FORMAT, WeightsRecord, ZooError
-
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+from spinesearch import files
 
 
 def variables_by_path(model: tf.Module) -> Dict[str, tf.Variable]:
@@ -48,14 +42,6 @@ def variables_by_path(model: tf.Module) -> Dict[str, tf.Variable]:
   return found
 
 
-def to_storage(array: np.ndarray) -> np.ndarray:
-  """float16 when every value stays finite, float32 otherwise."""
-  array = np.asarray(array, dtype=np.float32)
-  if array.size and np.max(np.abs(array)) >= _FLOAT16_MAX:
-    return array
-  return array.astype(np.float16)
-
-
 def save_weights(model: tf.Module, folder: str, stem: str, source: str = "",
                  float16: bool = True) -> WeightsRecord:
   """Writes the model's weights to `folder/<stem>-<sha256[:10]>.npz` and
@@ -63,24 +49,12 @@ def save_weights(model: tf.Module, folder: str, stem: str, source: str = "",
   source). The hash in the name means new weights never overwrite the file
   an entry still points to; the file appears whole or not at all. Without
   `float16` every array is stored float32 (exact)."""
-  store = to_storage if float16 else (lambda a: np.asarray(a, dtype=np.float32))
+  store = files.to_float16_storage if float16 else (lambda a: np.asarray(a, dtype=np.float32))
   arrays = {key: store(var.numpy()) for key, var in sorted(variables_by_path(model).items())}
-  data = _npz_bytes(arrays)
-  digest = hashlib.sha256(data).hexdigest()
+  data = files.npz_bytes(arrays)
+  digest = files.sha256_hex(data)
   path = os.path.join(folder, f"{stem}-{digest[:10]}.npz")
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.write_bytes_atomically(path, data)
   return WeightsRecord(file=os.path.basename(path), sha256=digest, bytes=len(data),
                        format=WEIGHTS_FORMAT, source=source)
 
@@ -95,16 +69,15 @@ def read_verified(path: str, record: WeightsRecord) -> Dict[str, np.ndarray]:
     raise ZooError(f"{path}: weights file not found") from None
   except OSError as e:
     raise ZooError(f"{path}: cannot read ({e.strerror})") from None
-  digest = hashlib.sha256(data).hexdigest()
+  digest = files.sha256_hex(data)
   if len(data) != record.bytes or digest != record.sha256:
     raise ZooError(f"{path}: refused, the file does not match its entry (sha256 {digest[:12]}..., "
                    f"{len(data)} bytes; expected {record.sha256[:12]}..., {record.bytes} bytes); "
                    f"it is damaged or was changed")
   try:
-    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-      return {key: archive[key] for key in archive.files}
-  except (ValueError, OSError, zipfile.BadZipFile) as e:
-    raise ZooError(f"{path}: not a weights archive ({e})") from None
+    return files.read_npz(data)
+  except ValueError as e:
+    raise ZooError(f"{path}: {e}") from None
 
 
 def assign(model: tf.Module, arrays: Mapping[str, np.ndarray], source: str) -> None:
@@ -122,18 +95,6 @@ def assign(model: tf.Module, arrays: Mapping[str, np.ndarray], source: str) -> N
                      f"the model needs {var.shape.as_list()}")
   for key, var in variables.items():
     var.assign(arrays[key].astype(var.dtype.as_numpy_dtype))
-
-
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-  buffer = io.BytesIO()
-  with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-    for key, array in arrays.items():
-      member = io.BytesIO()
-      np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-      info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
-      info.external_attr = 0o644 << 16
-      archive.writestr(info, member.getvalue())
-  return buffer.getvalue()
 
 
 def _few(keys) -> str:

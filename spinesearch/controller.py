@@ -28,7 +28,7 @@ from absl import flags
 
 from spinesearch import evaluate
 from spinesearch.driver import EXIT_INTERRUPTED, SearchDriver, SearchSettings
-from spinesearch.errors import ArchitectureError, ConfigError, EXIT_USER_ERROR, run_cli
+from spinesearch.errors import ArchitectureError, ConfigError, parse_absl_flags, run_cli
 from spinesearch.proxy import PRESETS as PROXY_PRESETS, ProxyConfig
 from spinesearch.runners import registry as runner_registry
 
@@ -90,6 +90,20 @@ flags.DEFINE_float("cost_weight", 0.07,
 flags.DEFINE_boolean("hard_constraint", False,
                      "Hard constraint: no penalty within the target, AP * target/cost above "
                      "it (alpha=0, beta=-1).")
+flags.DEFINE_string("supernet", None,
+                    "--reward=oneshot: a trained supernet's folder (python -m "
+                    "spinesearch.oneshot train) or the name of one bundled with SpineSearch "
+                    "('quickstart'). It fixes the proxy scaling and, unless "
+                    "--dataset=tfrecord, the data set.")
+flags.DEFINE_integer("oneshot_bn_batches", 8,
+                     "--reward=oneshot: training batches each trial recomputes its batch-norm "
+                     "statistics on.", lower_bound=1)
+flags.DEFINE_integer("oneshot_finetune_steps", 0,
+                     "--reward=oneshot: training steps from the shared weights before "
+                     "scoring.", lower_bound=0)
+flags.DEFINE_integer("oneshot_eval_images", 500,
+                     "--reward=oneshot: validation images each trial's AP is measured on.",
+                     lower_bound=1)
 flags.DEFINE_enum("proxy_preset", "quickstart", sorted(PROXY_PRESETS),
                   "Proxy task of --reward=proxy: 'quickstart' (128 px, about 1.5 min per "
                   "trial on 2 cores), 'paper' (the SpineNet paper's: 512 px, 5 epochs), "
@@ -98,7 +112,7 @@ _PROXY_OVERRIDES = (
     ("image_size", flags.DEFINE_integer, "training and evaluation image side (multiple of 128)"),
     ("train_steps", flags.DEFINE_integer, "training steps"),
     ("batch_size", flags.DEFINE_integer, "training batch size"),
-    ("learning_rate", flags.DEFINE_float, "peak learning rate (SGD with momentum)"),
+    ("learning_rate", flags.DEFINE_float, "peak learning rate (Adam)"),
     ("warmup_steps", flags.DEFINE_integer, "linear warm-up steps"),
     ("filter_size_scale", flags.DEFINE_float, "backbone width multiplier"),
     ("resample_alpha", flags.DEFINE_float, "SpineNet resampling alpha"),
@@ -115,8 +129,8 @@ flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "tfrecord"],
                   "Training data for rewards that train: 'synthetic' is generated "
                   "deterministically on first use into --cache_dir; 'tfrecord' is yours "
                   "(--train_pattern, --val_pattern, --val_annotations).")
-flags.DEFINE_integer("synthetic_num_train", 512, "Synthetic training images.", lower_bound=1)
-flags.DEFINE_integer("synthetic_num_val", 64, "Synthetic validation images.", lower_bound=1)
+flags.DEFINE_integer("synthetic_num_train", 2000, "Synthetic training images.", lower_bound=1)
+flags.DEFINE_integer("synthetic_num_val", 200, "Synthetic validation images.", lower_bound=1)
 flags.DEFINE_integer("synthetic_image_size", None,
                      "Synthetic image side (default: the proxy's image size).", lower_bound=1)
 flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic data set.", lower_bound=0)
@@ -262,7 +276,11 @@ def reward_settings(space) -> Dict[str, Any]:
   settings: Dict[str, Any] = {"type": FLAGS.reward}
   cost = _cost_settings(reward_type)
   zero_shot = _zero_shot_settings(space)
-  if reward_type.needs_dataset or reward_type.measures_cost:
+  if FLAGS.reward == "oneshot":
+    settings.update(_oneshot_settings(space))
+  elif FLAGS.supernet is not None:
+    raise ConfigError("--supernet applies to --reward=oneshot")
+  elif reward_type.needs_dataset or reward_type.measures_cost:
     settings["proxy"], image_size = _proxy_settings(space)
     if reward_type.needs_dataset:
       settings["dataset"] = _dataset_settings(image_size)
@@ -270,6 +288,50 @@ def reward_settings(space) -> Dict[str, Any]:
   if zero_shot is not None:
     settings["zero_shot"] = zero_shot
   return settings
+
+
+_SYNTHETIC_FLAGS = ("synthetic_num_train", "synthetic_num_val", "synthetic_image_size",
+                    "synthetic_seed")
+
+
+def _oneshot_settings(space) -> Dict[str, Any]:
+  """The supernet, its proxy settings and the data set of --reward=oneshot."""
+  from spinesearch.data import dataset
+  from spinesearch.oneshot.supernet import Supernet
+  if not FLAGS.supernet:
+    raise ConfigError("--reward=oneshot needs --supernet: a trained supernet's folder or a "
+                      "bundled name")
+  given = [f"--proxy_{name}" for name, _, _ in _PROXY_OVERRIDES if FLAGS[f"proxy_{name}"].present]
+  given += [f"--{name}" for name in ("proxy_preset", "proxy_precision") if FLAGS[name].present]
+  if given:
+    raise ConfigError(f"{', '.join(given)}: the supernet fixes the proxy settings of "
+                      f"--reward=oneshot")
+  supernet = Supernet.open(FLAGS.supernet)
+  supernet.check_compatible(space.config())
+  if FLAGS.dataset == "tfrecord":
+    paths = dataclasses.asdict(dataset.user_dataset(*_tfrecord_flags()))
+  else:
+    given = [f"--{name}" for name in _SYNTHETIC_FLAGS if FLAGS[name].present]
+    if given:
+      raise ConfigError(f"{', '.join(given)}: --reward=oneshot uses the supernet's own "
+                        f"data set unless --dataset=tfrecord")
+    print(f"dataset: the supernet's ({supernet.meta['dataset']})", flush=True)
+    paths = dataclasses.asdict(dataset.from_spec(supernet.meta["dataset"], FLAGS.cache_dir))
+  return {"oneshot": {"supernet": os.path.abspath(supernet.folder),
+                      "bn_batches": FLAGS.oneshot_bn_batches,
+                      "finetune_steps": FLAGS.oneshot_finetune_steps,
+                      "eval_images": FLAGS.oneshot_eval_images},
+          "proxy": {"preset": supernet.config.proxy_preset,
+                    "overrides": dict(supernet.config.proxy_overrides)},
+          "dataset": paths}
+
+
+def _tfrecord_flags() -> Tuple[str, str, str]:
+  names = ("train_pattern", "val_pattern", "val_annotations")
+  missing = [f"--{name}" for name in names if not FLAGS[name].value]
+  if missing:
+    raise ConfigError(f"--dataset=tfrecord needs {', '.join(missing)}")
+  return tuple(FLAGS[name].value for name in names)
 
 
 _ZERO_SHOT_FLAGS = {"zero_shot_part": "part", "zero_shot_image_size": "image_size",
@@ -336,10 +398,7 @@ def _dataset_settings(proxy_image_size: int) -> Dict[str, Any]:
   from spinesearch.data import dataset
   tfrecord_flags = ("train_pattern", "val_pattern", "val_annotations")
   if FLAGS.dataset == "tfrecord":
-    missing = [f"--{name}" for name in tfrecord_flags if not FLAGS[name].value]
-    if missing:
-      raise ConfigError(f"--dataset=tfrecord needs {', '.join(missing)}")
-    paths = dataset.user_dataset(FLAGS.train_pattern, FLAGS.val_pattern, FLAGS.val_annotations)
+    paths = dataset.user_dataset(*_tfrecord_flags())
   else:
     given = [f"--{name}" for name in tfrecord_flags if FLAGS[name].value]
     if given:
@@ -355,16 +414,6 @@ def _dataset_settings(proxy_image_size: int) -> Dict[str, Any]:
 
 
 # ---- the command ---------------------------------------------------------------------
-
-def _parse_flags(argv: List[str]) -> List[str]:
-  """absl's parsing, but a bad flag is one line and exit status 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    print(f"error: {message.removeprefix('ERROR:: ')}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
-
 
 def _raise_interrupt(signum, frame):
   del signum, frame
@@ -400,4 +449,4 @@ def main(argv: List[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_absl_flags)

@@ -20,7 +20,6 @@ import glob
 import json
 import math
 import os
-import socket
 import sys
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, TextIO, Tuple
@@ -29,7 +28,9 @@ import spinesearch
 from spinesearch.algorithms.base import Observation, Proposal
 from spinesearch.errors import ConfigError
 from spinesearch.runners.base import TrialOutcome
-from spinesearch.space.architecture import Architecture, write_text_atomically
+from spinesearch.files import write_text_atomically
+from spinesearch.progress import ScalarEvents, format_duration
+from spinesearch.space.architecture import Architecture
 from spinesearch.store import Trial, TrialStore
 
 EXIT_SEARCH_FAILED = 1
@@ -397,42 +398,3 @@ class BestArchitectures:
         os.unlink(stale)
     self.entries = list(best)
     self.updated = time.monotonic()
-
-
-class ScalarEvents:
-  """TensorBoard scalars without TensorFlow: event records written with
-  TensorBoard's own record writer, so a search whose reward needs no
-  TensorFlow never loads it. Each run of the driver adds one events file."""
-
-  def __init__(self, logdir: str):
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.record_writer import RecordWriter
-    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    self.logdir = logdir
-    os.makedirs(logdir, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
-    self._writer = RecordWriter(open(os.path.join(logdir, name), "ab"))
-    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-
-  def scalars(self, step: int, values: Dict[str, float]) -> None:
-    summary = self._summary_pb2.Summary(value=[
-        self._summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
-        for tag, value in sorted(values.items())])
-    self._write(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-
-  def close(self) -> None:
-    self._writer.close()
-
-  def _write(self, event) -> None:
-    self._writer.write(event.SerializeToString())
-    self._writer.flush()
-
-
-def format_duration(seconds: float) -> str:
-  """42s, 3m10s, 2h05m."""
-  seconds = int(round(seconds))
-  if seconds < 60:
-    return f"{seconds}s"
-  if seconds < 3600:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

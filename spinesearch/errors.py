@@ -4,7 +4,7 @@ A user mistake (bad flag value, malformed architecture, broken dataset file) is
 reported as one line on stderr with a non-zero exit status, never a traceback.
 """
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, List, NoReturn
 
 
 class UserError(Exception):
@@ -37,3 +37,14 @@ def run_cli(main: Callable[..., object], *args, **kwargs) -> object:
     return main(*args, **kwargs)
   except UserError as e:
     fail(str(e))
+
+
+def parse_absl_flags(argv: List[str]) -> List[str]:
+  """absl's flag parsing (for `app.run(..., flags_parser=...)`), but a bad
+  flag is one line and exit status 2."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    fail(message.removeprefix("ERROR:: "))

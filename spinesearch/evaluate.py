@@ -134,6 +134,19 @@ def _proxy(request: Dict[str, Any]) -> Result:
   return _with_cost(trial.ap, metrics, settings.get("cost"))
 
 
+@register_reward("oneshot", needs_dataset=True, measures_cost=True,
+                 description="AP of the architecture on a trained supernet's shared weights "
+                             "(--supernet), after recomputing its batch-norm statistics "
+                             "(seconds per trial, no training), optionally traded against "
+                             "a cost target")
+def _oneshot(request: Dict[str, Any]) -> Result:
+  from spinesearch.oneshot import reward
+  trial, metrics = reward.evaluate_request(request)
+  if trial.status != "done":
+    return failed(trial.error or "one-shot scoring failed without a reason", metrics)
+  return _with_cost(trial.ap, metrics, request["reward"].get("cost"))
+
+
 @register_reward("zero_shot", needs_dataset=False, measures_cost=True,
                  description="Zen-score of the untrained architecture at the proxy's "
                              "scaling (seconds per trial; --zero_shot_part, "

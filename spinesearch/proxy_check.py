@@ -36,10 +36,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from absl import app, flags
 
 from spinesearch import controller, evaluate
-from spinesearch.errors import ConfigError, run_cli
+from spinesearch.errors import ConfigError, parse_absl_flags, run_cli
 from spinesearch.proxy.config import ProxyConfig
 from spinesearch.runners.registry import build_runner
-from spinesearch.space.architecture import write_text_atomically
+from spinesearch.files import write_text_atomically
 from spinesearch.space.registry import build_space
 
 flags.DEFINE_integer("num_architectures", 10, "Architectures sampled from the space.",
@@ -329,4 +329,4 @@ def main(argv: List[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=controller._parse_flags)
+  app.run(main, flags_parser=parse_absl_flags)

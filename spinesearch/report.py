@@ -27,9 +27,10 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from spinesearch import report_plots
-from spinesearch.driver import format_duration
 from spinesearch.errors import ConfigError, EXIT_USER_ERROR, run_cli
-from spinesearch.space.architecture import Architecture, write_text_atomically
+from spinesearch.files import write_text_atomically
+from spinesearch.progress import format_duration
+from spinesearch.space.architecture import Architecture
 from spinesearch.store import DB_NAME, Trial, TrialStore
 
 REPORT_DIR = "report"

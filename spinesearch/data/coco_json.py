@@ -12,7 +12,7 @@ import numbers
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from spinesearch.errors import DatasetError
-from spinesearch.space.architecture import write_text_atomically
+from spinesearch.files import write_text_atomically
 
 # Sub-pixel overshoot, as rounding leaves in real annotation files, is clipped;
 # anything larger is a real error in the file.

@@ -162,6 +162,23 @@ def _remove_abandoned_builds(cache_dir: str, name: str) -> None:
     shutil.rmtree(leftover, ignore_errors=True)
 
 
+def from_spec(spec, cache_dir: Optional[str] = None) -> DatasetPaths:
+  """The dataset a description names: {"type": "synthetic", "num_train",
+  "num_val", "image_size", "seed"} (generated into `cache_dir` on first use)
+  or {"type": "tfrecord", "train_pattern", "val_pattern", "val_annotations"}."""
+  kind = spec.get("type")
+  try:
+    if kind == "synthetic":
+      return ensure_synthetic(os.path.expanduser(cache_dir or default_cache_dir()),
+                              num_train=int(spec["num_train"]), num_val=int(spec["num_val"]),
+                              image_size=int(spec["image_size"]), seed=int(spec["seed"]))
+    if kind == "tfrecord":
+      return user_dataset(spec["train_pattern"], spec["val_pattern"], spec["val_annotations"])
+  except KeyError as e:
+    raise DatasetError(f"dataset description {dict(spec)}: missing {e}") from None
+  raise DatasetError(f"dataset description {dict(spec)}: type must be synthetic or tfrecord")
+
+
 def user_dataset(train_pattern: str, val_pattern: str,
                  val_annotations: str) -> DatasetPaths:
   """Checks the user's files and describes them.

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 
 from spinesearch.data import coco_json, shapes, tfexample
 from spinesearch.errors import ConfigError, run_cli
-from spinesearch.space.architecture import write_text_atomically
+from spinesearch.files import write_text_atomically
 
 DATASET_FILE = "dataset.json"
 DATASET_FORMAT = "spinesearch-detection-dataset"

@@ -27,6 +27,7 @@ from official.vision.modeling.backbones import spinenet_mobile
 from official.vision.modeling.decoders import nasfpn
 
 from spinesearch.errors import ArchitectureError, ConfigError
+from spinesearch.modeling import structure
 from spinesearch.space.architecture import Architecture, Scaling
 
 # Mobile SpineNet's block settings (arXiv 2010.11426, Model Garden defaults).
@@ -59,14 +60,16 @@ def build_backbone(architecture: Architecture, *, image_size: int,
                    activation: str = "relu",
                    norm_momentum: float = 0.99,
                    norm_epsilon: float = 1e-3,
-                   l2_regularizer=None) -> tf_keras.Model:
+                   l2_regularizer=None,
+                   block_names: Optional[Sequence[str]] = None) -> tf_keras.Model:
   """The backbone of `architecture`: a Keras model image -> {level: features}.
 
   Searched blocks build a Model Garden SpineNet (SpineNetMobile when the blocks
   are mbconv, which has no `resample_alpha`); an architecture without blocks
   (the NAS-FPN space) gets Model Garden's fixed ResNet-`scaling.resnet_model_id`.
   The input size is fixed: SpineNet decides from the feature sizes which
-  unconsumed blocks join an output block.
+  unconsumed blocks join an output block. Variables are marked with their
+  structural part (`structure`); `block_names` names the searched blocks.
   """
   architecture = prepare_architecture(architecture, image_size, scaling)
   _check_activation(activation)
@@ -76,7 +79,8 @@ def build_backbone(architecture: Architecture, *, image_size: int,
                 norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
                 kernel_regularizer=l2_regularizer)
   if not architecture.blocks:
-    return _build_resnet(scaling.resnet_model_id, **common)
+    with structure.part(structure.Part("resnet")):
+      return _build_resnet(scaling.resnet_model_id, **common)
   levels = dict(min_level=architecture.min_level, max_level=architecture.max_level)
   if architecture.blocks[0].block_fn == "mbconv":
     return spinenet_mobile.SpineNetMobile(
@@ -88,7 +92,8 @@ def build_backbone(architecture: Architecture, *, image_size: int,
         expand_ratio=MBCONV_EXPAND_RATIO,
         se_ratio=MBCONV_SE_RATIO,
         **levels, **common)
-  return spinenet.SpineNet(
+  return structure.StructuredSpineNet(
+      block_names=block_names,
       block_specs=[spinenet.BlockSpec(*b.as_tuple()) for b in architecture.blocks],
       endpoints_num_filters=scaling.endpoints_num_filters,
       filter_size_scale=scaling.filter_size_scale,
@@ -112,7 +117,7 @@ def build_decoder(architecture: Architecture, backbone_output_specs,
   _check_activation(activation)
   if not architecture.cells:
     return None
-  return nasfpn.NASFPN(
+  return structure.StructuredNASFPN(
       input_specs=dict(backbone_output_specs),
       min_level=architecture.min_level,
       max_level=architecture.max_level,
@@ -187,11 +192,14 @@ def build_retinanet(architecture: Architecture, *, num_classes: int,
                     pre_nms_score_threshold: float = 0.05,
                     nms_iou_threshold: float = 0.5,
                     max_num_detections: int = 100,
-                    l2_regularizer=None):
+                    l2_regularizer=None,
+                    block_names: Optional[Sequence[str]] = None):
   """A Model Garden `RetinaNetModel` for `architecture`, all weights created.
 
   `scaling`, when given, replaces `architecture.scaling` (backbone, decoder and
   head sizes). The model takes [batch, image_size, image_size, 3] images.
+  `block_names` names the searched blocks in the structural marks of their
+  variables (`structure`; one-shot weight sharing keys on them).
   Raises ArchitectureError for a malformed architecture or an image size that
   is not a multiple of 2^max_level, ConfigError for bad head/anchor settings.
   """
@@ -211,16 +219,17 @@ def build_retinanet(architecture: Architecture, *, num_classes: int,
   model_config = retinanet_cfg.RetinaNet(
       decoder=decoders_cfg.Decoder(type="identity"), **fields)
   backbone = build_backbone(architecture, image_size=image_size,
-                            l2_regularizer=l2_regularizer, **norm)
+                            l2_regularizer=l2_regularizer, block_names=block_names, **norm)
   decoder = build_decoder(architecture, backbone.output_specs,
                           l2_regularizer=l2_regularizer, **norm)
-  model = factory.build_retinanet(
-      input_specs=tf_keras.layers.InputSpec(shape=[None, image_size, image_size, 3]),
-      model_config=model_config,
-      l2_regularizer=l2_regularizer,
-      backbone=backbone,
-      decoder=decoder)
-  complete_build(model)
+  with structure.part(structure.Part("head")):
+    model = factory.build_retinanet(
+        input_specs=tf_keras.layers.InputSpec(shape=[None, image_size, image_size, 3]),
+        model_config=model_config,
+        l2_regularizer=l2_regularizer,
+        backbone=backbone,
+        decoder=decoder)
+    complete_build(model)
   return model
 
 

@@ -30,6 +30,8 @@ class TrialResult:
   images_per_second: Optional[float] = None
   train_steps: Optional[int] = None
   total_seconds: Optional[float] = None
+  # One-shot trials: the share of the path's variables the supernet had.
+  inherited_fraction: Optional[float] = None
 
   @property
   def ok(self) -> bool:

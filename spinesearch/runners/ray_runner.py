@@ -56,7 +56,7 @@ from spinesearch import evaluate
 from spinesearch.errors import ConfigError
 from spinesearch.runners.base import Runner, TrialOutcome
 from spinesearch.runners.local import LocalRunner
-from spinesearch.space.architecture import write_text_atomically
+from spinesearch.files import write_text_atomically
 
 # An actor that has not returned this long after the time limit is stalled (its
 # own LocalRunner kills a late trial within milliseconds).

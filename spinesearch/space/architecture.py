@@ -16,11 +16,10 @@ Example document (`space` says which parts are present)::
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from spinesearch.errors import ArchitectureError
+from spinesearch.files import write_text_atomically
 
 SCHEMA_VERSION = 1
 SPACES = ("spinenet", "nasfpn", "joint")
@@ -252,26 +251,6 @@ class Architecture:
   def save(self, path: str) -> None:
     """Writes atomically: a reader never sees a half-written file."""
     write_text_atomically(path, self.to_json() + "\n")
-
-
-def write_text_atomically(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-  # mkstemp makes the file private (0600); give it the mode a plain open() would.
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 # ---- helpers -----------------------------------------------------------------

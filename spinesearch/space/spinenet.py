@@ -245,6 +245,21 @@ class ScalePermutedSpace(SearchSpace):
       decisions.append(self.block_fns.index(block.block_fn))
     return decisions
 
+  def block_names(self, blocks: Sequence[BlockSpec]) -> List[str]:
+    """Each block's identity in the allocation, independent of where the
+    permutation puts it: 'L4.2' is the second block (in build order) whose
+    base level is 4, 'P5' the level-5 output block. Base levels are matched as
+    `encode_blocks` matches them, so equal architectures get equal names."""
+    self.encode_blocks(blocks)
+    n = self.num_intermediate
+    bases = self._assign_base_levels([block.level for block in blocks[:n]])
+    seen = collections.Counter()
+    names = []
+    for base in bases:
+      seen[base] += 1
+      names.append(f"L{base}.{seen[base]}")
+    return names + [f"P{block.level}" for block in blocks[n:]]
+
   def _canonical_parents(self, b: int, block: BlockSpec) -> Tuple[int, int]:
     where = f"blocks[{b}].input_offsets"
     offsets = tuple(block.input_offsets)

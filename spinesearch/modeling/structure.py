@@ -1,0 +1,214 @@
+"""Which structural part of a model each variable belongs to.
+
+Model Garden's SpineNet and NASFPN create their layers without names, in an
+order that follows the block permutation, so a variable's Keras name
+(`conv2d_17/kernel`) says nothing about the part of the network it serves. The
+classes here extend Model Garden's and only mark, while the parent class builds,
+which part is being built: the stem, a block (by the name the caller gives it,
+its level and its block type), the resampling edge from a parent to a child
+block, an endpoint, a NAS-FPN repeat, the fixed ResNet, the RetinaNet head.
+Nothing of Model Garden's construction is repeated here.
+
+A variable created while a part is marked can be read with `current_part()`
+from a variable creator (`tf.variable_creator_scope`); the part and the
+variable's ordinal within the part identify it structurally. Outside a creator
+that asks, the marks cost nothing and change nothing: the models are exactly
+Model Garden's.
+"""
+import collections
+import contextlib
+import dataclasses
+import threading
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from official.vision.modeling.backbones import spinenet
+from official.vision.modeling.decoders import nasfpn
+
+STEM_NAMES = ("stem1", "stem2")
+_STEM_LEVEL = 2
+_STEM_BLOCK_FN = "bottleneck"
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """A structural part of a model.
+
+  kind: 'stem', 'block', 'resample' (a parent block to a child block),
+    'endpoint', 'fpn_input' (a backbone feature projected for NAS-FPN),
+    'cell_input' (a feature resampled for a merging cell), 'cell' (a merging
+    cell's own convolution), 'resnet' or 'head'.
+  name: the block's name ('block'); the child's ('resample'); the cell's,
+    '<repeat>.<index>' ('cell', 'cell_input').
+  level, block_fn: the block's (for 'resample': the child's; for 'endpoint':
+    the output block's it reads; for 'cell', 'cell_input': the cell's level).
+  parent, parent_level, parent_block_fn: the input's name ('P3', 'cell2',
+    a block's name), level and block type ('resample', 'cell_input',
+    'fpn_input').
+  role: 'input0', 'input1' or 'extra' (an unconsumed feature summed into an
+    output cell) for 'cell_input'.
+  """
+  kind: str
+  name: str = ""
+  level: int = 0
+  block_fn: str = ""
+  parent: str = ""
+  parent_level: int = 0
+  parent_block_fn: str = ""
+  role: str = ""
+
+
+class _Marks(threading.local):
+  def __init__(self):
+    # [part or a function returning the part, {part: variables created in it}]
+    self.stack: List[List] = []
+
+
+_MARKS = _Marks()
+
+
+@contextlib.contextmanager
+def part(p: Union[Part, Callable[[], Part]]) -> Iterator[None]:
+  """Marks the variables created inside as belonging to `p` (or to the part
+  `p()` returns when each variable is created)."""
+  _MARKS.stack.append([p, collections.Counter()])
+  try:
+    yield
+  finally:
+    _MARKS.stack.pop()
+
+
+def current_part() -> Optional[Tuple[Part, int]]:
+  """The innermost marked part and the ordinal of the next variable created in
+  it (counted from 0), advancing the count; None outside any part."""
+  if not _MARKS.stack:
+    return None
+  p, counts = _MARKS.stack[-1]
+  if callable(p):
+    p = p()
+  counts[p] += 1
+  return p, counts[p] - 1
+
+
+class StructuredSpineNet(spinenet.SpineNet):
+  """Model Garden's SpineNet, with its variables marked by structural part.
+
+  `block_names` names the searched blocks (one per block spec, default
+  'block0', 'block1', ...); the two stem blocks are 'stem1' and 'stem2'.
+  """
+
+  def __init__(self, *args, block_names: Optional[Sequence[str]] = None, **kwargs):
+    specs = kwargs.get("block_specs")
+    if specs is None:
+      raise ValueError("StructuredSpineNet needs block_specs")
+    names = list(block_names) if block_names is not None else [
+        f"block{i}" for i in range(len(specs))]
+    if len(names) != len(specs) or len(set(names)) != len(names):
+      raise ValueError(f"block_names: expected {len(specs)} distinct names, got {names}")
+    self._structure = _SpineStructure(
+        names=list(STEM_NAMES) + names,
+        levels=[_STEM_LEVEL] * len(STEM_NAMES) + [s.level for s in specs],
+        block_fns=[_STEM_BLOCK_FN] * len(STEM_NAMES) + [s.block_fn for s in specs],
+        specs=list(specs))
+    super().__init__(*args, **kwargs)
+
+  def _build_stem(self, inputs):
+    with part(Part("stem")):
+      return super()._build_stem(inputs)
+
+  def _block_group(self, inputs, filters, strides, block_fn_cand, block_repeats=1,
+                   stochastic_depth_drop_rate=None, name="block_group"):
+    s = self._structure
+    # The stem builds its two blocks inside the stem's part.
+    marker = contextlib.nullcontext()
+    if name.startswith("scale_permuted_block_"):
+      index = len(STEM_NAMES) + int(name.rsplit("_", 1)[1]) - 1
+      marker = part(Part("block", s.names[index], s.levels[index], s.block_fns[index]))
+    with marker:
+      return super()._block_group(inputs, filters, strides, block_fn_cand, block_repeats,
+                                  stochastic_depth_drop_rate, name)
+
+  def _resample_with_alpha(self, inputs, input_width, input_block_fn, target_width,
+                           target_num_filters, target_block_fn, alpha=0.5):
+    # Model Garden resamples parent 0, then parent 1, of each block in order.
+    s = self._structure
+    block, which = divmod(s.resamples, 2)
+    s.resamples += 1
+    child = len(STEM_NAMES) + block
+    parent = s.specs[block].input_offsets[which]
+    with part(Part("resample", s.names[child], s.levels[child], s.block_fns[child],
+                   s.names[parent], s.levels[parent], s.block_fns[parent])):
+      return super()._resample_with_alpha(inputs, input_width, input_block_fn, target_width,
+                                          target_num_filters, target_block_fn, alpha)
+
+  def _build_endpoints(self, net):
+    # One level at a time, so that each endpoint's variables are marked with
+    # the level and block type of the output block it reads.
+    s = self._structure
+    output_fns = {spec.level: spec.block_fn for spec in s.specs if spec.is_output}
+    low, high = self._min_level, self._max_level
+    endpoints = {}
+    try:
+      for level in range(low, high + 1):
+        self._min_level = self._max_level = level
+        with part(Part("endpoint", level=level, block_fn=output_fns[level])):
+          endpoints.update(super()._build_endpoints(net))
+    finally:
+      self._min_level, self._max_level = low, high
+    return endpoints
+
+
+@dataclasses.dataclass
+class _SpineStructure:
+  names: List[str]
+  levels: List[int]
+  block_fns: List[str]
+  specs: List
+  resamples: int = 0
+
+
+class StructuredNASFPN(nasfpn.NASFPN):
+  """Model Garden's NASFPN, with its variables marked: the projections of the
+  backbone's features by level ('fpn_input'), then in each repeat each merging
+  cell's resampled inputs ('cell_input') and its own convolution ('cell')."""
+
+  def __init__(self, *args, **kwargs):
+    self._repeat = -1
+    self._feats = None  # the feature list of the repeat being built
+    self._cell_inputs = (-1, 0)  # (cell, inputs resampled for it so far)
+    super().__init__(*args, **kwargs)
+
+  def _num_levels(self) -> int:
+    return self._max_level - self._min_level + 1
+
+  def _cell(self) -> int:
+    # Model Garden appends a cell to the feature list after building it.
+    return len(self._feats) - self._num_levels()
+
+  def _build_feature_pyramid(self, feats):
+    self._repeat += 1
+    self._feats = feats
+    try:
+      with part(lambda: Part("cell", f"{self._repeat}.{self._cell()}")):
+        return super()._build_feature_pyramid(feats)
+    finally:
+      self._feats = None
+
+  def _resample_feature_map(self, inputs, input_level, target_level, target_num_filters=256):
+    if self._feats is None:
+      marker = part(Part("fpn_input", level=target_level, parent_level=input_level))
+    else:
+      # A cell resamples its input 0, then its input 1, then the unconsumed
+      # features it sums in.
+      cell = self._cell()
+      count = self._cell_inputs[1] if self._cell_inputs[0] == cell else 0
+      self._cell_inputs = (cell, count + 1)
+      source = next(j for j, f in enumerate(self._feats) if f is inputs)
+      levels = self._num_levels()
+      parent = (f"P{self._min_level + source}" if source < levels
+                else f"cell{source - levels}")
+      marker = part(Part("cell_input", f"{self._repeat}.{cell}", target_level,
+                         parent=parent, parent_level=input_level,
+                         role=("input0", "input1", "extra")[min(count, 2)]))
+    with marker:
+      return super()._resample_feature_map(inputs, input_level, target_level,
+                                           target_num_filters)
