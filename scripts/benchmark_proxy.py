@@ -90,7 +90,9 @@ def main(argv):
   ours_model, mg_task = proxy.build(arch)
   theirs_model, _ = proxy.build(arch)
   ours = proxy.make_train_step(ours_model, mg_task, proxy.optimizer(1000))
-  theirs = model_garden_step(theirs_model, mg_task, proxy.optimizer(1000))
+  # Model Garden's step calls a Keras optimizer's apply_gradients.
+  theirs = model_garden_step(theirs_model, mg_task, tf_keras.optimizers.legacy.Adam(
+      proxy.learning_rate(1000), global_clipnorm=proxy.config.clip_norm))
   data_ours = iter(mg_task.build_inputs(mg_task.task_config.train_data))
   data_theirs = iter(mg_task.build_inputs(mg_task.task_config.train_data))
 

@@ -22,10 +22,13 @@ from official.vision.configs import retinanet as retinanet_config
 from official.vision.evaluation import coco_evaluator
 from official.vision.tasks import retinanet as retinanet_task
 
+from spinesearch import phases
 from spinesearch.data.dataset import DatasetPaths
 from spinesearch.errors import UserError
 from spinesearch.modeling import builder, cost
+from spinesearch.proxy import inputs
 from spinesearch.proxy.config import ProxyConfig
+from spinesearch.proxy.optimizer import FusedOptimizer
 from spinesearch.proxy.result import TrialResult
 from spinesearch.space.architecture import Architecture
 
@@ -46,15 +49,18 @@ class ProxyTask:
 
   # ---- public ----------------------------------------------------------------
 
-  def run(self, architecture: Architecture, progress: Optional[Progress] = None) -> TrialResult:
-    """Trains, evaluates and measures one architecture. User mistakes (an
-    architecture that cannot be built at this size) raise UserError; a
+  def run(self, architecture: Architecture, progress: Optional[Progress] = None,
+          measure_latency: bool = True) -> TrialResult:
+    """Trains, evaluates and measures one architecture (its latency too,
+    unless `measure_latency` is False: timing it takes seconds). User mistakes
+    (an architecture that cannot be built at this size) raise UserError; a
     diverging training run returns a failed result with its reason."""
-    return self.fit(architecture, progress)[1]
+    return self.fit(architecture, progress, measure_latency)[1]
 
-  def fit(self, architecture: Architecture,
-          progress: Optional[Progress] = None) -> Tuple[tf_keras.Model, TrialResult]:
-    """As `run`, and also returns the trained model (proxy-scaled)."""
+  def fit(self, architecture: Architecture, progress: Optional[Progress] = None,
+          measure_latency: bool = True) -> Tuple[tf_keras.Model, TrialResult]:
+    """As `run`, and also returns the trained model (proxy-scaled). The one
+    model built serves training, evaluation and the cost measurements."""
     start = time.perf_counter()
     result = TrialResult()
     arch = self.config.scaled(architecture)
@@ -70,7 +76,8 @@ class ProxyTask:
       self.evaluate(model, mg_task, result)
       if self.config.measure_cost:
         result.multiply_adds = cost.count_multiply_adds(model, self.config.image_size)
-        result.latency_ms = cost.measure_latency_ms(model, self.config.image_size)
+        if measure_latency:
+          result.latency_ms = cost.measure_latency_ms(model, self.config.image_size)
     result.total_seconds = time.perf_counter() - start
     return model, result
 
@@ -93,6 +100,7 @@ class ProxyTask:
     tf_keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if self.config.precision == "bfloat16" else "float32")
 
+  @phases.timed("build")
   def build_model(self, arch: Architecture, block_names: Optional[Sequence[str]] = None):
     """The proxy's RetinaNet for a proxy-scaled architecture (`block_names`:
     see `builder.build_retinanet`)."""
@@ -103,32 +111,29 @@ class ProxyTask:
         pre_nms_score_threshold=self.config.pre_nms_score_threshold,
         block_names=block_names)
 
-  def optimizer(self, total_steps: int):
+  def optimizer(self, total_steps: int) -> FusedOptimizer:
     """Adam (or SGD with momentum) on the warm-up + cosine schedule.
 
-    Keras' legacy optimizers: their update is one fused kernel per variable,
-    which makes tracing a training step 2-4x cheaper than with the new
-    optimizers' dozen ops per variable (the step itself runs as fast), and
-    they create slots for any variable they have not seen, so one optimizer
-    can serve models that share variables (the one-shot supernet).
+    Fused kernels (one op per variable) make tracing a training step about 5x
+    cheaper than Keras' new optimizers' dozen ops per variable, with steps as
+    fast; see `spinesearch.proxy.optimizer` for why not Keras' optimizers.
     """
     c = self.config
-    schedule = self.learning_rate(total_steps)
-    if c.optimizer == "adam":
-      return tf_keras.optimizers.legacy.Adam(schedule, global_clipnorm=c.clip_norm)
-    return tf_keras.optimizers.legacy.SGD(schedule, momentum=c.momentum,
-                                          global_clipnorm=c.clip_norm)
+    return FusedOptimizer(c.optimizer, self.learning_rate(total_steps), clip_norm=c.clip_norm,
+                          momentum=c.momentum)
 
   @staticmethod
   def make_train_step(model, mg_task, optimizer):
     """One forward + backward + update, as a `tf.function` (no XLA: it is never
-    faster on this CPU and cannot compile the NMS).
+    faster on this CPU and cannot compile the NMS). Its first call is timed as
+    phase "trace", the others as "train" (spinesearch.phases).
 
     The optimizer's slots for the model's variables are created first, so the
     step is traced once: creating variables inside a `tf.function` makes
     TensorFlow trace it twice.
     """
-    optimizer._create_all_weights(model.trainable_variables)
+    variables = model.trainable_variables
+    optimizer.create_slots(variables)
 
     @tf.function
     def train_step(images, labels):
@@ -136,14 +141,14 @@ class ProxyTask:
         outputs = model(images, training=True)
         outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
         loss = mg_task.build_losses(outputs, labels, aux_losses=model.losses)[0]
-      grads = tape.gradient(loss, model.trainable_variables)
-      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      optimizer.apply(tape.gradient(loss, variables), variables)
       return loss
 
-    return train_step
+    return phases.first_call_is_trace(train_step)
 
   # ---- pieces -----------------------------------------------------------------
 
+  @phases.timed("build")
   def model_garden_task(self, arch: Architecture) -> retinanet_task.RetinaNetTask:
     """A Model Garden RetinaNet task carrying our data and anchor settings; we
     use its input pipeline and its losses, not its model."""
@@ -181,7 +186,7 @@ class ProxyTask:
     c = self.config
     steps = c.steps_for(self.dataset.num_train or _count_records(self.dataset.train_pattern))
     train_step = self.make_train_step(model, mg_task, self.optimizer(steps))
-    data = iter(mg_task.build_inputs(mg_task.task_config.train_data))
+    data = inputs.training_batches(mg_task)
 
     first_step_end = None
     loss = float("nan")
@@ -204,6 +209,7 @@ class ProxyTask:
     if steps > 1:
       result.images_per_second = (steps - 1) * c.batch_size / (end - first_step_end)
 
+  @phases.timed("evaluate")
   def evaluate(self, model, mg_task, result: TrialResult,
                max_images: Optional[int] = None) -> None:
     """AP, AP50, AP75, APs/m/l of `model` on the validation split (its first
@@ -214,9 +220,8 @@ class ProxyTask:
     evaluator = _quiet(lambda: coco_evaluator.COCOEvaluator(
         annotation_file=self.dataset.val_annotations, include_mask=False,
         need_rescale_bboxes=True))
-    dataset = mg_task.build_inputs(mg_task.task_config.validation_data)
-    if limit:
-      dataset = dataset.take(math.ceil(limit / c.eval_batch_size))
+    dataset = inputs.validation_batches(
+        mg_task, math.ceil(limit / c.eval_batch_size) if limit else None)
 
     @tf.function
     def predict(images, labels):
