@@ -1,12 +1,15 @@
-"""Scheduler overhead of the trial runners: the local process pool and Ray.
+"""Scheduler overhead of the trial runners: local and Ray, each with warm
+workers and with a process per trial (--trial_isolation).
 
-Runs the same search with each runner: the real search driver (random
-search, trial store, checkpoints) keeping `--parallel` trials in flight,
-`--trials` trials in all, each of which only sleeps for a duration drawn
-between `--min_sleep_s` and `--max_sleep_s` (the SPINESEARCH_FAULTS sleep
-hook, then the target_similarity reward: no TensorFlow). A trial is still a
-real trial process (`python -m spinesearch.evaluate`), under Ray inside a
-Ray task, so the cost of starting one is part of the overhead measured.
+Runs the same search with each runner and isolation: the real search driver
+(random search, trial store, checkpoints) keeping `--parallel` trials in
+flight, `--trials` trials in all, each of which only sleeps for a duration
+drawn between `--min_sleep_s` and `--max_sleep_s` (the SPINESEARCH_FAULTS
+sleep hook, then the target_similarity reward: no TensorFlow). A trial still
+runs in a real trial process, under Ray inside an actor: a warm worker
+(`python -m spinesearch.worker`, started once per slot) or a new `python -m
+spinesearch.evaluate` per trial, so the cost of handing a trial to a process
+is part of the overhead measured.
 
 Per runner, from the driver's side:
   utilisation    the trials' sleep / (parallel x wall time from the first
@@ -20,22 +23,26 @@ Per runner, from the driver's side:
                  submission in the freed slot (store, observe, propose)
   end->next      a slot's idle time between two trials' work: a trial's
                  overhead plus the turnaround after it
-  start-up       the runner's own start and one round of `--parallel` trials
-                 outside the timing (for Ray: a local instance and its actors)
-Also the time to run one trial process alone (start-up, no sleep).
+  start-up       the runner's own start and rounds of `--parallel` trials
+                 that do no work, outside the timing, until one takes under a
+                 second (for Ray: a local instance and its actors; with warm
+                 workers: starting them)
+Also, alone on an idle runner, the time from submitting a trial that does no
+work to its outcome: a new trial process, and a warm worker.
 
 Ray's CPUs are scheduling units: sleeping trials need no core, so the local
 Ray instance here declares `--parallel` CPUs on any machine.
 
-  python scripts/benchmark_runner.py --trials=320 --parallel=32 --json
+  python scripts/benchmark_runner.py --trials=320 --parallel=32 --min_sleep_s=2 \
+      --max_sleep_s=8 --json
 """
 import heapq
 import io
 import json
+import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,22 +55,27 @@ from spinesearch import evaluate
 from spinesearch.driver import SearchDriver, SearchSettings
 from spinesearch.errors import ConfigError, run_cli
 from spinesearch.runners.base import Runner, TrialOutcome
+from spinesearch.runners.local import ISOLATIONS, LocalRunner
 from spinesearch.space.registry import build_space
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runners", ["local", "ray"], "Runners to compare.")
+flags.DEFINE_list("isolations", list(ISOLATIONS), "Trial isolations to compare (each runner "
+                  "with each).")
 flags.DEFINE_integer("trials", 320, "Trials per runner.")
 flags.DEFINE_integer("parallel", 32, "Trials in flight at once.")
 flags.DEFINE_float("min_sleep_s", 0.5, "Shortest trial.")
 flags.DEFINE_float("max_sleep_s", 2.0, "Longest trial.")
 flags.DEFINE_integer("seed", 0, "Seed of the trial durations.")
-flags.DEFINE_integer("process_repeats", 10, "Lone trial processes timed.")
+flags.DEFINE_integer("process_repeats", 10, "Lone trials timed, per isolation.")
 flags.DEFINE_bool("json", False, "Print the results as JSON instead of a table.")
 
 _REWARD = {"type": "target_similarity", "cost": None}
 _RUNNERS = ("local", "ray")
-# Trial ids of the warm-up round: none of the search's, so they do not sleep.
+# Trial ids of the warm-up rounds: none of the search's, so they do not sleep.
 _WARM_UP_IDS = 1_000_000
+_WARM_UP_ROUNDS = 30
+_SETTLED_ROUND_S = 1.0
 
 
 class TimedRunner(Runner):
@@ -119,20 +131,20 @@ def percentiles(values: Sequence[float]) -> Dict[str, float]:
           "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]}
 
 
-def run_search(runner: str, durations: Sequence[float], parallel: int,
+def run_search(runner: str, isolation: str, durations: Sequence[float], parallel: int,
                work_dir: str) -> Dict[str, Any]:
-  """One search of sleeping trials on `runner`; its timings."""
+  """One search of sleeping trials on `runner` with `isolation`; its timings."""
   started = time.monotonic()
   if runner == "ray":
     from spinesearch.runners import ray_runner
     ray_runner.start_local_instance(num_cpus=parallel)
   os.environ[evaluate.FAULTS_ENV] = sleep_faults(durations)
   settings = SearchSettings(
-      search_dir=os.path.join(work_dir, runner), search_space="spinenet", space_options={},
-      algorithm="random", algorithm_options={}, seed=FLAGS.seed,
+      search_dir=os.path.join(work_dir, f"{runner}-{isolation}"), search_space="spinenet",
+      space_options={}, algorithm="random", algorithm_options={}, seed=FLAGS.seed,
       defining_flags={"benchmark": "runner"}, num_trials=len(durations),
       max_parallel_trials=parallel, max_failed_trials=0, trial_timeout_s=600.0,
-      runner=runner)
+      runner=runner, runner_options={"trial_isolation": isolation})
   driver = SearchDriver(settings, lambda space: dict(_REWARD), out=io.StringIO())
   warm_up(driver.runner, parallel)
   setup_s = time.monotonic() - started
@@ -141,21 +153,38 @@ def run_search(runner: str, durations: Sequence[float], parallel: int,
   status = driver.run()
   if status != 0:
     raise RuntimeError(f"the {runner} search ended with status {status}")
-  return summarise(runner, timed, durations, parallel, setup_s)
+  return summarise(f"{runner}/{isolation}", timed, durations, parallel, setup_s)
+
+
+def no_work_request(space, trial_id: int) -> Dict[str, Any]:
+  decisions = space.sample(random.Random(trial_id))
+  return {"trial_id": trial_id, "seed": 0, "decisions": decisions,
+          "architecture": space.decode(decisions).to_dict(), "space": space.config(),
+          "reward": dict(_REWARD)}
 
 
 def warm_up(runner: Runner, parallel: int) -> None:
-  """One round of `parallel` trials outside the timing, so Ray's actors are up
-  before the search (the local runner gets the same round)."""
+  """Rounds of `parallel` trials that do no work, outside the timing, until
+  the runner is past its start-up: a round takes under _SETTLED_ROUND_S, or
+  no less than the round before it. Ray's actors and the warm workers are
+  then up; and for some seconds after a local Ray instance has started its
+  actors, calls to them start late, one after another (measured here: 32
+  first calls took up to 7 s, none after a 20 s pause). Process-per-trial
+  runners get the same rounds."""
   space = build_space("spinenet")
-  for trial_id in range(_WARM_UP_IDS, _WARM_UP_IDS + parallel):
-    decisions = space.sample(random.Random(trial_id))
-    runner.submit(trial_id, {"trial_id": trial_id, "seed": 0, "decisions": decisions,
-                             "architecture": space.decode(decisions).to_dict(),
-                             "space": space.config(), "reward": dict(_REWARD)})
-  finished = 0
-  while finished < parallel:
-    finished += len(runner.poll(1.0))
+  previous = math.inf
+  for round_number in range(_WARM_UP_ROUNDS):
+    started = time.monotonic()
+    first_id = _WARM_UP_IDS + round_number * parallel
+    for trial_id in range(first_id, first_id + parallel):
+      runner.submit(trial_id, no_work_request(space, trial_id))
+    finished = 0
+    while finished < parallel:
+      finished += len(runner.poll(1.0))
+    took = time.monotonic() - started
+    if took < _SETTLED_ROUND_S or took > 0.9 * previous:
+      return
+    previous = took
 
 
 def summarise(runner: str, timed: TimedRunner, durations: Sequence[float], parallel: int,
@@ -190,33 +219,41 @@ def summarise(runner: str, timed: TimedRunner, durations: Sequence[float], paral
   }
 
 
-def time_lone_trial_process(repeats: int) -> Dict[str, float]:
-  """Wall time of `python -m spinesearch.evaluate` for one trial that does
-  no work: what every trial pays with either runner."""
+def time_lone_trials(isolation: str, repeats: int, work_dir: str) -> Dict[str, float]:
+  """Submit-to-outcome time of trials that do no work, one at a time on a
+  one-slot local runner: with "process" each is a new trial process (what
+  every trial pays), with "worker" each goes to the same warm worker (started
+  by an untimed first trial)."""
   space = build_space("spinenet")
-  decisions = space.sample(random.Random(0))
-  request = json.dumps({"trial_id": 1, "seed": 0, "decisions": decisions,
-                        "architecture": space.decode(decisions).to_dict(),
-                        "space": space.config(), "reward": _REWARD})
-  env = {k: v for k, v in os.environ.items() if k != evaluate.FAULTS_ENV}
+  runner = LocalRunner(max_parallel=1, timeout_s=600.0,
+                       search_dir=os.path.join(work_dir, f"lone-{isolation}"),
+                       trial_isolation=isolation)
   seconds = []
-  for _ in range(repeats):
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "spinesearch.evaluate"], input=request, text=True,
-                   capture_output=True, check=True, env=env)
-    seconds.append(time.monotonic() - started)
-  return percentiles(seconds)
+  try:
+    for trial_id in range(repeats + 1):
+      started = time.monotonic()
+      runner.submit(trial_id, no_work_request(space, trial_id))
+      outcomes: List[TrialOutcome] = []
+      while not outcomes:
+        outcomes = runner.poll(0.5)
+      if outcomes[0].status != "done":
+        raise RuntimeError(f"a lone trial failed: {outcomes[0].error}")
+      seconds.append(time.monotonic() - started)
+  finally:
+    runner.shutdown()
+  return percentiles(seconds[1:])
 
 
-def format_table(results: List[Dict[str, Any]], process: Dict[str, float]) -> str:
+def format_table(results: List[Dict[str, Any]], lone: Dict[str, Dict[str, float]]) -> str:
   first = results[0]
+  width = max(16, max(len(r["runner"]) for r in results) + 2)
   lines = [f"scheduler overhead: {first['trials']} trials sleeping {FLAGS.min_sleep_s:g}-"
            f"{FLAGS.max_sleep_s:g} s, {first['parallel']} at once, on "
            f"{len(os.sched_getaffinity(0))} cores",
-           f"{'':<34}" + "".join(f"{r['runner']:>16}" for r in results)]
+           f"{'':<34}" + "".join(f"{r['runner']:>{width}}" for r in results)]
 
   def row(label, value):
-    lines.append(f"{label:<34}" + "".join(f"{value(r):>16}" for r in results))
+    lines.append(f"{label:<34}" + "".join(f"{value(r):>{width}}" for r in results))
 
   row("utilisation", lambda r: f"{r['utilisation']:.1%}")
   row("  zero-overhead bound", lambda r: f"{r['utilisation_bound']:.1%}")
@@ -227,18 +264,21 @@ def format_table(results: List[Dict[str, Any]], process: Dict[str, float]) -> st
     row(f"{label} median / p95 (ms)",
         lambda r, k=key: f"{r[k]['median'] * 1e3:.0f} / {r[k]['p95'] * 1e3:.0f}")
   row("runner start-up (s)", lambda r: f"{r['startup_s']:.1f}")
-  lines.append(f"one trial process alone: median {process['median'] * 1e3:.0f} ms, "
-               f"p95 {process['p95'] * 1e3:.0f} ms")
+  for isolation, seconds in lone.items():
+    lines.append(f"a lone no-work trial, {isolation}: median {seconds['median'] * 1e3:.0f} ms, "
+                 f"p95 {seconds['p95'] * 1e3:.0f} ms")
   return "\n".join(lines)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-  unknown = [r for r in FLAGS.runners if r not in _RUNNERS]
-  if unknown or not FLAGS.runners:
-    raise ConfigError(f"--runners: choose from {', '.join(_RUNNERS)}; got "
-                      f"{','.join(FLAGS.runners) or 'none'}")
+  for name, given, known in (("runners", FLAGS.runners, _RUNNERS),
+                             ("isolations", FLAGS.isolations, ISOLATIONS)):
+    unknown = [value for value in given if value not in known]
+    if unknown or not given:
+      raise ConfigError(f"--{name}: choose from {', '.join(known)}; got "
+                        f"{','.join(given) or 'none'}")
   if FLAGS.trials < 1 or FLAGS.parallel < 1 or FLAGS.process_repeats < 1:
     raise ConfigError("--trials, --parallel and --process_repeats must be positive")
   if not 0 <= FLAGS.min_sleep_s <= FLAGS.max_sleep_s:
@@ -252,21 +292,23 @@ def main(argv) -> None:
   results_out, sys.stdout = sys.stdout, sys.stderr
   with tempfile.TemporaryDirectory(prefix="benchmark-runner-") as work_dir:
     for runner in FLAGS.runners:
-      results.append(run_search(runner, durations, FLAGS.parallel, work_dir))
-      if runner == "ray":
-        import ray
-        ray.shutdown()
-      if not FLAGS.json:
-        print(f"  {runner}: done", file=sys.stderr, flush=True)
-  os.environ.pop(evaluate.FAULTS_ENV, None)
-  process = time_lone_trial_process(FLAGS.process_repeats)
+      for isolation in FLAGS.isolations:
+        results.append(run_search(runner, isolation, durations, FLAGS.parallel, work_dir))
+        if runner == "ray":
+          import ray
+          ray.shutdown()
+        if not FLAGS.json:
+          print(f"  {runner}/{isolation}: done", file=sys.stderr, flush=True)
+    os.environ.pop(evaluate.FAULTS_ENV, None)
+    lone = {isolation: time_lone_trials(isolation, FLAGS.process_repeats, work_dir)
+            for isolation in FLAGS.isolations}
   if FLAGS.json:
     print(json.dumps({"trials": FLAGS.trials, "parallel": FLAGS.parallel,
                       "sleep_s": [FLAGS.min_sleep_s, FLAGS.max_sleep_s], "seed": FLAGS.seed,
                       "cores": len(os.sched_getaffinity(0)), "results": results,
-                      "trial_process_s": process}, indent=2), file=results_out)
+                      "lone_trial_s": lone}, indent=2), file=results_out)
   else:
-    print(format_table(results, process), file=results_out)
+    print(format_table(results, lone), file=results_out)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import spinesearch  # noqa: F401  (Keras 2 environment before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
+from spinesearch import phases
 from spinesearch.errors import ConfigError
 from spinesearch.modeling import builder, cost
 from spinesearch.space.architecture import Architecture, Scaling
@@ -134,13 +135,16 @@ def measure_zen_score(architecture: Architecture, settings: ZenSettings = ZenSet
 
 class ZenNetwork:
   """The network one architecture is scored on, built once, its kernels
-  re-drawn for every repeat. `detector` is the whole RetinaNetModel (built for
-  part="detector" or `with_detector=True`, e.g. to measure its cost).
+  re-drawn for every repeat. `detector` is the dense detector, backbone ->
+  merging cells -> head (builder.DenseDetector, built for part="detector" or
+  `with_detector=True`, e.g. to measure its cost): the Zen-score needs no
+  anchors, box decoding or NMS.
 
   Building one clears Keras' global state (tf_keras.backend.clear_session):
   models built earlier keep working, but Keras' layer-name counters restart.
   """
 
+  @phases.timed("build")
   def __init__(self, architecture: Architecture, settings: ZenSettings, *,
                scaling: Optional[Scaling] = None, with_detector: bool = False):
     self.settings = settings
@@ -153,7 +157,7 @@ class ZenNetwork:
     norm = dict(norm_momentum=0.0)
     self.detector = None
     if settings.part == "detector" or with_detector:
-      self.detector = builder.build_retinanet(
+      self.detector = builder.build_dense_detector(
           architecture, num_classes=settings.num_classes, image_size=settings.image_size,
           num_scales=settings.num_scales, aspect_ratios=settings.aspect_ratios, **norm)
     if settings.part == "detector":
@@ -183,6 +187,7 @@ class ZenNetwork:
   def params(self) -> int:
     return int(sum(np.prod(w.shape) for w in self.weights))
 
+  @phases.timed("evaluate")
   def measure(self) -> ZenScore:
     started = time.perf_counter()
     terms = [self.score_once(repeat) for repeat in range(self.settings.repeats)]

@@ -74,12 +74,18 @@ def test_forward_pass_is_finite_for_every_kind_of_architecture(tiny_models, kind
 
 
 def test_model_garden_parts_per_space(tiny_models):
-  parts = {kind: (type(m.backbone).__name__, type(m.decoder).__name__)
-           for kind, m in tiny_models.items()}
-  assert parts == {"spinenet": ("SpineNet", "NoneType"),
-                   "nasfpn": ("ResNet", "NASFPN"),
-                   "joint": ("SpineNet", "NASFPN"),
-                   "mbconv": ("SpineNetMobile", "NoneType")}
+  """Model Garden's classes build every part; spinenet and nasfpn come as
+  the subclasses that only mark structural parts (modeling/structure.py)."""
+  from official.vision.modeling.backbones import resnet, spinenet, spinenet_mobile
+  from official.vision.modeling.decoders import nasfpn
+  expected = {"spinenet": (spinenet.SpineNet, None), "nasfpn": (resnet.ResNet, nasfpn.NASFPN),
+              "joint": (spinenet.SpineNet, nasfpn.NASFPN),
+              "mbconv": (spinenet_mobile.SpineNetMobile, None)}
+  for kind, (backbone, decoder) in expected.items():
+    model = tiny_models[kind]
+    assert isinstance(model.backbone, backbone), kind
+    assert model.decoder is None if decoder is None else isinstance(model.decoder, decoder), kind
+  assert type(tiny_models["spinenet"].backbone).__mro__[1] is spinenet.SpineNet
   assert tiny_models["nasfpn"].backbone.get_config()["model_id"] == TINY.resnet_model_id
 
 
@@ -150,3 +156,31 @@ def test_random_samples_of_every_space_build_and_run(space_name, seed):
 @pytest.mark.parametrize("space_name,seed", list(_sampled_architectures(range(2, 12))))
 def test_many_random_samples_of_every_space_build_and_run(space_name, seed):
   _check_sample_builds(space_name, seed)
+
+
+@pytest.mark.parametrize("kind", ["spinenet", "joint"])
+def test_the_dense_detector_is_the_retinanet_s_backbone_decoder_and_head(kind):
+  """The same weights in the same order (so the Zen-score draws the same
+  kernels), the same outputs and the same cost as the RetinaNetModel's."""
+  from spinesearch.modeling import cost
+  architecture, settings = ARCHITECTURES[kind], dict(num_classes=NUM_CLASSES, image_size=128,
+                                                     scaling=TINY)
+  tf_keras.utils.set_random_seed(0)
+  full = builder.build_retinanet(architecture, **settings)
+  tf_keras.utils.set_random_seed(0)
+  dense = builder.build_dense_detector(architecture, **settings)
+
+  def signature(model):
+    return [(w.name.rsplit("/", 1)[-1], tuple(w.shape)) for w in model.weights]
+
+  assert signature(dense) == signature(full)
+  assert count_params(dense) == count_params(full)
+  assert cost.count_multiply_adds(dense, 128) == cost.count_multiply_adds(full, 128)
+  for ours, theirs in zip(dense.weights, full.weights):
+    ours.assign(theirs)
+  images = tf.random.stateless_normal([2, 128, 128, 3], seed=[3, 4])
+  class_outputs, box_outputs = dense(images, training=False)
+  expected = full(images, training=False)
+  for level in class_outputs:
+    np.testing.assert_allclose(class_outputs[level], expected["cls_outputs"][level], atol=1e-5)
+    np.testing.assert_allclose(box_outputs[level], expected["box_outputs"][level], atol=1e-5)

@@ -1,7 +1,9 @@
-"""The Ray runner on a local Ray instance: outcomes of good trials and of every
-kind of failure (a trial that raises or is killed, a Ray worker killed under
-a trial, a stalled task), a local instance that listens on loopback only,
-and searches with --runner=ray end to end, including resume after SIGKILL."""
+"""The Ray runner on a local Ray instance, with warm workers in its actors and
+with a process per trial: outcomes of good trials and of every kind of
+failure (a trial that raises or is killed, a Ray worker killed under a trial,
+a stalled task), warm workers kept across an actor's trials, a local instance
+that listens on loopback only, and searches with --runner=ray end to end,
+including resume after SIGKILL."""
 import os
 import random
 import signal
@@ -16,7 +18,8 @@ from spinesearch import evaluate, rewards
 from spinesearch.errors import ConfigError
 from spinesearch.runners.registry import build_runner
 from spinesearch.space.registry import build_space
-from test_local_runner import SEED, poll_all, request
+from process_helpers import cmdline, descendants, trial_processes
+from test_local_runner import SEED, isolation, poll_all, request, reward_metrics  # noqa: F401
 from test_resume import (REPO, Driver, check_kill_left_a_resumable_store,
                          check_search_complete, snapshot)
 
@@ -45,40 +48,13 @@ def ray_runner(tmp_path, max_parallel, timeout_s, **options):
                       search_dir=str(tmp_path), **options)
 
 
-def descendants(pid):
-  """Pids of every living process below `pid`."""
-  children = {}
-  for entry in os.listdir("/proc"):
-    if entry.isdigit():
-      try:
-        with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-          fields = f.read().rsplit(")", 1)[1].split()
-      except (FileNotFoundError, ProcessLookupError):  # the process ended meanwhile
-        continue
-      if fields[0] != "Z":
-        children.setdefault(int(fields[1]), []).append(int(entry))
-  found, stack = [], [pid]
-  while stack:
-    for child in children.get(stack.pop(), []):
-      found.append(child)
-      stack.append(child)
-  return found
-
-
-def cmdline(pid):
-  try:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-      return f.read().replace(b"\0", b" ").decode(errors="replace")
-  except (FileNotFoundError, ProcessLookupError):
-    return ""
-
-
 def wait_for_trial_process(runner, limit_s=30):
-  """Pid of the one `spinesearch.evaluate` process below this test, polling
-  `runner` (which hands trials to actors as they start) meanwhile."""
+  """Pid of the one trial process (a warm worker or a process of its own)
+  below this test, polling `runner` (which hands trials to actors as they
+  start) meanwhile."""
   deadline = time.monotonic() + limit_s
   while time.monotonic() < deadline:
-    pids = [p for p in descendants(os.getpid()) if "-m spinesearch.evaluate" in cmdline(p)]
+    pids = trial_processes(os.getpid())
     if pids:
       return pids[0]
     assert runner.poll(0.1) == []
@@ -126,8 +102,8 @@ def test_a_local_instance_listens_on_loopback_only(ray_instance):
   assert all(address in _LOOPBACK for _, address in listening), listening
 
 
-def test_good_trials_come_back_done_with_the_reward(ray_instance, tmp_path, space):
-  runner = ray_runner(tmp_path, max_parallel=2, timeout_s=60)
+def test_good_trials_come_back_done_with_the_reward(ray_instance, tmp_path, space, isolation):
+  runner = ray_runner(tmp_path, max_parallel=2, timeout_s=60, trial_isolation=isolation)
   samples = [space.sample(random.Random(i)) for i in range(3)]
   label = runner.submit(1, request(1, space, samples[0]))
   runner.submit(2, request(2, space, samples[1]))
@@ -139,7 +115,7 @@ def test_good_trials_come_back_done_with_the_reward(ray_instance, tmp_path, spac
     expected = rewards.target_similarity(space, decisions, SEED)
     assert outcomes[trial_id].status == "done"
     assert outcomes[trial_id].reward == pytest.approx(expected)
-    assert outcomes[trial_id].metrics == {"similarity": pytest.approx(expected)}
+    assert reward_metrics(outcomes[trial_id]) == {"similarity": pytest.approx(expected)}
     assert outcomes[trial_id].worker.startswith("ray:127.0.0.1:pid")
   assert runner.free_slots() == 2 and os.listdir(tmp_path / "logs") == []
   runner.shutdown()
@@ -147,11 +123,12 @@ def test_good_trials_come_back_done_with_the_reward(ray_instance, tmp_path, spac
 
 
 def test_every_kind_of_failure_is_a_failed_outcome_with_its_reason(ray_instance, tmp_path,
-                                                                   space, monkeypatch):
+                                                                   space, monkeypatch,
+                                                                   isolation):
   # The driver's fault settings travel with each task, as a cluster's
   # workers do not share the driver's environment.
   monkeypatch.setenv(evaluate.FAULTS_ENV, "crash@1,kill@2,nan@3,sleep@4")
-  runner = ray_runner(tmp_path, max_parallel=4, timeout_s=3)
+  runner = ray_runner(tmp_path, max_parallel=4, timeout_s=3, trial_isolation=isolation)
   decisions = space.sample(random.Random(0))
   for trial_id in range(1, 5):
     runner.submit(trial_id, request(trial_id, space, decisions))
@@ -168,11 +145,11 @@ def test_every_kind_of_failure_is_a_failed_outcome_with_its_reason(ray_instance,
 
 
 def test_trials_beyond_the_cluster_s_room_wait_for_an_actor(ray_instance, tmp_path, space,
-                                                           monkeypatch):
+                                                           monkeypatch, isolation):
   # 4 CPUs for 6 slots: two trials at a time wait, and finished trials'
   # actors must not keep the room they need.
   monkeypatch.setenv(evaluate.FAULTS_ENV, "sleep:0.3@*")
-  runner = ray_runner(tmp_path, max_parallel=6, timeout_s=60)
+  runner = ray_runner(tmp_path, max_parallel=6, timeout_s=60, trial_isolation=isolation)
   outcomes, next_id = {}, 1
   deadline = time.monotonic() + 60
   while len(outcomes) < 10 and time.monotonic() < deadline:
@@ -187,9 +164,9 @@ def test_trials_beyond_the_cluster_s_room_wait_for_an_actor(ray_instance, tmp_pa
 
 
 def test_a_ray_worker_killed_under_a_trial_fails_it(ray_instance, tmp_path, space,
-                                                    monkeypatch):
+                                                    monkeypatch, isolation):
   monkeypatch.setenv(evaluate.FAULTS_ENV, "sleep@1")
-  runner = ray_runner(tmp_path, max_parallel=1, timeout_s=None)
+  runner = ray_runner(tmp_path, max_parallel=1, timeout_s=None, trial_isolation=isolation)
   runner.submit(1, request(1, space, space.sample(random.Random(0))))
   trial_process = wait_for_trial_process(runner)
   ray_worker = parent_of(trial_process)
@@ -204,11 +181,11 @@ def test_a_ray_worker_killed_under_a_trial_fails_it(ray_instance, tmp_path, spac
 
 
 def test_a_stalled_ray_worker_is_killed_after_the_time_limit(ray_instance, tmp_path, space,
-                                                          monkeypatch):
+                                                          monkeypatch, isolation):
   from spinesearch.runners import ray_runner as module
   monkeypatch.setattr(module, "STALL_GRACE_S", 0.5)
   monkeypatch.setenv(evaluate.FAULTS_ENV, "sleep@1")
-  runner = ray_runner(tmp_path, max_parallel=1, timeout_s=1)
+  runner = ray_runner(tmp_path, max_parallel=1, timeout_s=1, trial_isolation=isolation)
   runner.submit(1, request(1, space, space.sample(random.Random(0))))
   trial_process = wait_for_trial_process(runner)
   # A stopped Ray worker cannot enforce the time limit itself.
@@ -220,9 +197,9 @@ def test_a_stalled_ray_worker_is_killed_after_the_time_limit(ray_instance, tmp_p
   runner.shutdown()
 
 
-def test_shutdown_stops_running_trials(ray_instance, tmp_path, space, monkeypatch):
+def test_shutdown_stops_running_trials(ray_instance, tmp_path, space, monkeypatch, isolation):
   monkeypatch.setenv(evaluate.FAULTS_ENV, "sleep@1")
-  runner = ray_runner(tmp_path, max_parallel=1, timeout_s=None)
+  runner = ray_runner(tmp_path, max_parallel=1, timeout_s=None, trial_isolation=isolation)
   runner.submit(1, request(1, space, space.sample(random.Random(0))))
   trial_process = wait_for_trial_process(runner)
   started = time.monotonic()
@@ -230,6 +207,22 @@ def test_shutdown_stops_running_trials(ray_instance, tmp_path, space, monkeypatc
   runner.shutdown()
   assert runner.num_running() == 0
   wait_until_gone(trial_process)
+
+
+def test_an_actor_keeps_its_warm_worker_and_replaces_it_after_a_failure(
+    ray_instance, tmp_path, space, monkeypatch):
+  monkeypatch.setenv(evaluate.FAULTS_ENV, "crash@3")
+  runner = ray_runner(tmp_path, max_parallel=1, timeout_s=60, worker_max_trials=4)
+  outcomes = []
+  for trial_id in range(1, 10):
+    runner.submit(trial_id, request(trial_id, space, space.sample(random.Random(trial_id))))
+    outcomes.extend(poll_all(runner, 1).values())
+  assert [o.status for o in outcomes] == ["done"] * 2 + ["failed"] + ["done"] * 6
+  assert "injected crash in trial 3" in outcomes[2].error
+  assert len({o.worker for o in outcomes}) == 1  # one actor ran them all
+  # ... in three warm workers: the crash ended the first, the second ran its 4.
+  assert [o.metrics["worker_trial"] for o in outcomes] == [1, 2, 3, 1, 2, 3, 4, 1, 2]
+  runner.shutdown()
 
 
 def test_the_cluster_s_capacity_is_checked(ray_instance, tmp_path, capsys):

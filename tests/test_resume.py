@@ -1,8 +1,10 @@
-"""Resume after real SIGKILLs of the search driver: after k finished trials,
-and at random moments while it is writing. Whatever the kill point, the
-resumed search reaches its budget with every trial finished exactly once,
-finished trials untouched, interrupted trials run again under the same id
-with the same decisions, and the algorithm having observed each trial once."""
+"""Resume after real SIGKILLs of the search driver: after k finished trials
+(with warm workers and with a process per trial), and at random moments while
+it is writing. Whatever the kill point, the resumed search reaches its budget
+with every trial finished exactly once, finished trials untouched,
+interrupted trials run again under the same id with the same decisions, and
+the algorithm having observed each trial once. A SIGKILL of a warm worker
+fails the one trial it was running and nothing else."""
 import json
 import os
 import random
@@ -14,6 +16,8 @@ import sys
 import time
 
 import pytest
+
+from process_helpers import trial_processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,12 +100,14 @@ def resume_to_budget(flags, search_dir, num_trials, log):
       in driver.output
 
 
-def test_sigkill_after_k_finished_trials_then_resume(tmp_path):
+@pytest.mark.parametrize("isolation", ["worker", "process"])
+def test_sigkill_after_k_finished_trials_then_resume(tmp_path, isolation):
   search_dir = str(tmp_path / "search")
   num_trials = 12
   flags = (f"--search_dir={search_dir}", "--reward=target_similarity",
            "--algorithm=evolution", "--population_size=4", "--sample_size=2",
-           f"--num_trials={num_trials}", "--max_parallel_trials=2")
+           f"--num_trials={num_trials}", "--max_parallel_trials=2",
+           f"--trial_isolation={isolation}")
   requeued = 0
   with open(tmp_path / "driver.log", "wb") as log:
     previous = {}
@@ -118,6 +124,36 @@ def test_sigkill_after_k_finished_trials_then_resume(tmp_path):
     assert requeued >= 1  # some kill interrupted running trials
     resume_to_budget(flags, search_dir, num_trials, log)
   assert os.listdir(os.path.join(search_dir, "workers")) == []
+
+
+def test_sigkill_of_a_warm_worker_fails_only_its_trial(tmp_path):
+  search_dir = str(tmp_path / "search")
+  num_trials = 10
+  flags = (f"--search_dir={search_dir}", "--reward=target_similarity",
+           "--algorithm=evolution", "--population_size=4", "--sample_size=2",
+           f"--num_trials={num_trials}", "--max_parallel_trials=2")
+  with open(tmp_path / "driver.log", "wb") as log:
+    # Trial 4 starts once two trials have finished and runs until killed.
+    driver = Driver(flags, faults="sleep:0.5@*,sleep:600@4", log=log)
+    driver.wait_for_progress(3)
+    before, _ = snapshot(search_dir)
+    assert before[4]["status"] == "running"
+    with sqlite3.connect(os.path.join(search_dir, "trials.db")) as conn:
+      worker, = conn.execute("SELECT worker FROM trials WHERE id = 4").fetchone()
+    pid = int(worker.rpartition("pid")[2])
+    assert pid in trial_processes(driver.process.pid)
+    os.kill(pid, signal.SIGKILL)
+    assert driver.finish() == 0, driver.output
+  after, observed = snapshot(search_dir)
+  for trial_id, old in before.items():  # what had finished stays as it was
+    if old["status"] in ("done", "failed"):
+      assert after[trial_id] == old
+  assert sorted(after) == list(range(1, num_trials + 1)) and sorted(observed) == sorted(after)
+  with sqlite3.connect(os.path.join(search_dir, "trials.db")) as conn:
+    failed = conn.execute("SELECT id, error FROM trials WHERE status = 'failed'").fetchall()
+  (failed_id, error), = failed  # only the trial the worker was running
+  assert failed_id == 4 and "worker process killed by SIGKILL" in error
+  assert f"({num_trials - 1} done, 1 failed)".encode() in driver.output
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path):

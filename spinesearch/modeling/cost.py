@@ -13,14 +13,15 @@ leave the moving statistics out (`trainable_only=True`: 28,543,383 = 28.5M).
 """
 import statistics
 import time
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from official.core import train_utils
+# Imported for its FLOP statistics of ops TensorFlow's profiler lacks (Einsum).
+from official.core import train_utils  # noqa: F401
 from official.vision.modeling import retinanet_model
 
+from spinesearch import phases
 from spinesearch.modeling import builder
 
 
@@ -35,24 +36,35 @@ def count_params(model: tf_keras.Model, *, trainable_only: bool = False) -> int:
   return int(sum(np.prod(w.shape) for w in weights))
 
 
+@phases.timed("cost")
 def count_multiply_adds(model: tf_keras.Model, image_size: int) -> int:
   """Multiply-adds of the dense forward pass of one image, which is what the
   SpineNet and NAS-FPN papers call "FLOPs".
 
-  TensorFlow's graph profiler, run on the frozen forward graph by Model
-  Garden's `train_utils.try_count_flops`, counts 2 floating-point operations
-  per multiply-add (plus one per element of bias adds, sums and multiplies,
-  well under 1% here); this returns its count divided by 2. `image_size` must
-  be the size the model was built for. SpineNet-49 RetinaNet at 640 px:
-  85.3 G with ReLU (85.4 G with swish, whose multiply the profiler counts).
+  TensorFlow's graph profiler counts 2 floating-point operations per
+  multiply-add (plus one per element of bias adds, sums and multiplies, well
+  under 1% here); this returns its count divided by 2. It runs on the traced
+  forward graph as it is: its kernels read variables whose shapes the graph
+  knows, which is all a FLOP count needs. (Model Garden's
+  `train_utils.try_count_flops` first freezes the variables into constants,
+  which copies every weight and takes 0.9-1.8 s of its 2.5 s for a x0.25
+  SpineNet-49, for the same count on SpineNet, NAS-FPN and joint models.)
+  `image_size` must be the size the model was built for. SpineNet-49
+  RetinaNet at 640 px: 85.3 G with ReLU (85.4 G with swish, whose multiply
+  the profiler counts).
   """
-  dense = dense_model(model, image_size)
-  flops = train_utils.try_count_flops(dense)
-  if flops is None:
+  dense = DenseForward(model, image_size)
+  graph = tf.function(dense.call).get_concrete_function(dense.input_spec).graph
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  flops = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(),
+                                        options=options).total_float_ops
+  if not flops:
     raise RuntimeError(f"TensorFlow's profiler could not count the FLOPs of {model.name}")
   return int(flops) // 2
 
 
+@phases.timed("cost")
 def measure_latency_ms(model: tf_keras.Model, image_size: int, *,
                        warmup: int = 2, repeats: int = 10, seed: int = 0) -> float:
   """Median wall time in milliseconds of the dense forward pass of one
@@ -65,7 +77,7 @@ def measure_latency_ms(model: tf_keras.Model, image_size: int, *,
   """
   if repeats < 1:
     raise ValueError(f"repeats must be at least 1, got {repeats}")
-  forward = forward_function(model, image_size)
+  forward = tf.function(DenseForward(model, image_size).call)
   images = tf.random.stateless_normal([1, image_size, image_size, 3], seed=[seed, 0])
   for _ in range(warmup):
     forward(images)
@@ -79,22 +91,28 @@ def measure_latency_ms(model: tf_keras.Model, image_size: int, *,
   return 1000.0 * statistics.median(times)
 
 
-def dense_model(model: tf_keras.Model, image_size: int) -> tf_keras.Model:
-  """A functional Keras model image -> [class outputs, box outputs] sharing the
-  RetinaNetModel's backbone, decoder and head (same weights, no NMS)."""
-  _check_image_size(model, image_size)
-  images = tf_keras.Input(shape=(image_size, image_size, 3), batch_size=1)
-  features = model.backbone(images, training=False)
-  if model.decoder:
-    features = model.decoder(features, training=False)
-  class_outputs, box_outputs, _ = model.head(features, training=False)
-  return tf_keras.Model(images, [class_outputs, box_outputs])
+class DenseForward(tf.Module):
+  """The dense forward pass of a RetinaNetModel's backbone, decoder and head
+  (its weights, no NMS): images -> [class outputs, box outputs] by level.
 
+  A tf.Module that calls the layers directly, rather than a Keras functional
+  model wrapping them: a functional model calls every layer once more on
+  symbolic inputs to build itself (0.7 s for a x0.25 SpineNet-49), only to be
+  traced again.
+  """
 
-def forward_function(model: tf_keras.Model, image_size: int) -> Callable:
-  """`dense_model` wrapped in a tf.function (no XLA)."""
-  dense = dense_model(model, image_size)
-  return tf.function(lambda images: dense(images, training=False))
+  def __init__(self, model: tf_keras.Model, image_size: int):
+    super().__init__(name="dense_forward")
+    _check_image_size(model, image_size)
+    self.model = model
+    self.input_spec = tf.TensorSpec([1, image_size, image_size, 3], tf.float32)
+
+  def call(self, images):
+    features = self.model.backbone(images, training=False)
+    if self.model.decoder:
+      features = self.model.decoder(features, training=False)
+    class_outputs, box_outputs, _ = self.model.head(features, training=False)
+    return [class_outputs, box_outputs]
 
 
 def _check_image_size(model: tf_keras.Model, image_size: int) -> None:

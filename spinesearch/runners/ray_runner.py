@@ -3,24 +3,26 @@
 Ray (the optional extra `distributed`) only places trials; the search driver
 keeps the controller, and it alone writes the trial store and the trial logs.
 Trials run on a pool of Ray actors, one per slot (`--max_parallel_trials`),
-each holding a trial's CPUs and GPUs; an actor runs a trial exactly as the
-local runner does, through a one-slot LocalRunner: `python -m
-spinesearch.evaluate` in its own process group, TensorFlow threads matching
-the trial's CPUs, the same time limit and the same failure reasons. It returns
-the outcome and the trial's log, which the driver keeps in
-`<search_dir>/logs/`.
+each holding a trial's CPUs and GPUs; an actor runs its trials exactly as the
+local runner does, through a one-slot LocalRunner it keeps for its lifetime:
+by default in a warm worker process that imports TensorFlow and Model Garden
+once and is replaced after a failed trial, after `worker_max_trials` trials
+or above `worker_max_rss_mb`; with `trial_isolation="process"` a new `python
+-m spinesearch.evaluate` per trial. Either way the trial runs in its own
+process group with TensorFlow threads matching the trial's CPUs, the same
+time limit and the same failure reasons. The actor returns the outcome and
+the trial's log, which the driver keeps in `<search_dir>/logs/`.
 
 Actors rather than a Ray task per trial: a call to a live actor goes straight
 to its worker, where every new task first waits for Ray to lease one. With 32
 trials in flight on a busy 2-core machine that wait was 0.7-0.8 s per trial
 (median), against 6 ms for an actor.
 
-A process per trial rather than evaluating in the Ray worker itself: every
-trial starts with fresh TensorFlow state and the thread counts of its CPU
-share, its time limit kills exactly its own process group, and a trial killed
-by the out-of-memory killer fails alone instead of taking the Ray worker with
-it. Starting the process costs a fraction of a second, nothing next to a
-proxy task's minutes (the benchmark measures it too).
+A trial process rather than evaluating in the Ray worker itself: a trial
+killed by the out-of-memory killer, or stopped at its time limit, takes its
+own process group with it and not the Ray worker, and its threads match its
+CPU share. A warm worker makes that process cost nothing after its first
+trial (the benchmark measures both).
 
 Failures are failed trials with their reason, never retries by Ray (the
 search decides what runs next): a trial that raises, returns no finite reward
@@ -41,6 +43,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -55,7 +58,8 @@ from ray._private import ray_constants, services
 from spinesearch import evaluate
 from spinesearch.errors import ConfigError
 from spinesearch.runners.base import Runner, TrialOutcome
-from spinesearch.runners.local import LocalRunner
+from spinesearch.runners.local import (DEFAULT_WORKER_MAX_RSS_MB, DEFAULT_WORKER_MAX_TRIALS,
+                                       LocalRunner)
 from spinesearch.files import write_text_atomically
 
 # An actor that has not returned this long after the time limit is stalled (its
@@ -97,35 +101,87 @@ class _Trial:
 
 
 class TrialWorker:
-  """A Ray actor that runs one trial at a time (see module docstring)."""
+  """A Ray actor that runs one trial at a time (see module docstring), in
+  the processes of a one-slot LocalRunner it keeps between trials."""
+
+  def __init__(self):
+    self._scratch: Optional[str] = None
+    self._runner: Optional[LocalRunner] = None
+    self._runner_key: Optional[tuple] = None
 
   def ready(self) -> None:
     """Returns once the actor runs."""
 
   def run(self, trial_id: int, request: Dict[str, Any], timeout_s: Optional[float],
-          threads: int, environment: Dict[str, Optional[str]]
+          threads: int, environment: Dict[str, Optional[str]], isolation: Dict[str, Any]
           ) -> Iterator[Union[_Started, _Finished]]:
     """Yields where it runs, then the trial's outcome and log; `environment`
-    is the driver's value of each forwarded variable."""
+    is the driver's value of each forwarded variable, `isolation` the local
+    runner's trial_isolation and worker limits."""
     yield _Started(f"ray:{ray.util.get_node_ip_address()}:pid{os.getpid()}")
+    runner = self._local_runner(timeout_s, threads, environment, isolation)
+    try:
+      runner.submit(trial_id, request)
+      outcomes: List[TrialOutcome] = []
+      while not outcomes:
+        outcomes = runner.poll(_TRIAL_POLL_S)
+    except BaseException:
+      self._stop_runner()
+      raise
+    log_path = os.path.join(runner.log_dir, f"trial-{trial_id:06d}.log")
+    log = None
+    if os.path.exists(log_path):
+      log = _read_tail(log_path)
+      os.unlink(log_path)  # the driver keeps it; the scratch folder lives on
+    yield _Finished(outcomes[0], log, log_path)
+
+  def _local_runner(self, timeout_s, threads, environment, isolation) -> LocalRunner:
+    """The runner of earlier trials if they ran with the same settings, else
+    a new one: a warm worker keeps the environment it was started with."""
+    key = (timeout_s, threads, tuple(sorted(environment.items())),
+           tuple(sorted(isolation.items())))
+    if self._runner is not None and self._runner_key == key:
+      return self._runner
+    self._stop_runner()
     for name, value in environment.items():
       if value is None:
         os.environ.pop(name, None)
       else:
         os.environ[name] = value
-    with tempfile.TemporaryDirectory(prefix="spinesearch-trial-") as scratch:
-      runner = LocalRunner(max_parallel=1, timeout_s=timeout_s, search_dir=scratch,
-                           num_cpus=threads)
-      try:
-        runner.submit(trial_id, request)
-        outcomes: List[TrialOutcome] = []
-        while not outcomes:
-          outcomes = runner.poll(_TRIAL_POLL_S)
-      finally:
-        runner.shutdown()
-      log_path = os.path.join(runner.log_dir, f"trial-{trial_id:06d}.log")
-      log = _read_tail(log_path) if os.path.exists(log_path) else None
-    yield _Finished(outcomes[0], log, log_path)
+    if self._scratch is None:
+      self._scratch = _scratch_folder()
+    self._runner = LocalRunner(max_parallel=1, timeout_s=timeout_s, search_dir=self._scratch,
+                               num_cpus=threads, **isolation)
+    self._runner_key = key
+    return self._runner
+
+  def _stop_runner(self) -> None:
+    if self._runner is not None:
+      self._runner.shutdown()
+    self._runner, self._runner_key = None, None
+
+
+def _scratch_folder() -> str:
+  """A new folder for this actor's trial files, named after its pid. An
+  actor ends killed (ray.kill), with no chance to clean up, so the folders of
+  actors no longer running are removed here."""
+  prefix = "spinesearch-actor-"
+  root = tempfile.gettempdir()
+  for name in os.listdir(root):
+    pid = name[len(prefix):].split("-", 1)[0]
+    if name.startswith(prefix) and pid.isdigit() and not _running(int(pid)):
+      shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+  return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
 
 
 _TrialActor = ray.remote(max_restarts=0, max_task_retries=0)(TrialWorker)
@@ -168,8 +224,15 @@ class RayRunner(Runner):
 
   def __init__(self, max_parallel: int, timeout_s: Optional[float], search_dir: str,
                address: str = "", trial_cpus: float = 1.0, trial_gpus: float = 0.0,
-               num_cpus: Optional[int] = None):
+               num_cpus: Optional[int] = None, trial_isolation: str = "worker",
+               worker_max_trials: int = DEFAULT_WORKER_MAX_TRIALS,
+               worker_max_rss_mb: float = DEFAULT_WORKER_MAX_RSS_MB):
     super().__init__(max_parallel, timeout_s)
+    # Checked here, before Ray starts, as the actors' runners will check them.
+    LocalRunner.check_isolation(trial_isolation, worker_max_trials, worker_max_rss_mb)
+    self.isolation = {"trial_isolation": trial_isolation,
+                      "worker_max_trials": worker_max_trials,
+                      "worker_max_rss_mb": worker_max_rss_mb}
     for flag, value in (("trial_cpus", trial_cpus), ("trial_gpus", trial_gpus)):
       if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"--{flag}={value}: must be a number >= 0")
@@ -200,7 +263,7 @@ class RayRunner(Runner):
     if not self.free_slots():
       raise RuntimeError(f"no free slot for trial {trial_id}: {self.max_parallel} running")
     arguments = (trial_id, request, self.timeout_s, max(1, int(self.trial_cpus)),
-                 {name: os.environ.get(name) for name in _FORWARDED_ENV})
+                 {name: os.environ.get(name) for name in _FORWARDED_ENV}, self.isolation)
     worker = f"ray:{self.cluster}"
     self._waiting.append(_Trial(trial_id, arguments, worker))
     self._dispatch()
