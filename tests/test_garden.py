@@ -87,8 +87,9 @@ def test_architecture_overridden_in_yaml_text_is_built():
       "backbone": {"spinesearch": {"architecture": arch.to_json(indent=None)}}}}}
   params_dict.override_params_dict(config, override, is_strict=True)
   model = retinanet_task.RetinaNetTask(config.task).build_model()
+  from official.vision.modeling.decoders import nasfpn
   assert type(model.backbone).__name__ == "ResNet"
-  assert type(model.decoder).__name__ == "NASFPN"
+  assert isinstance(model.decoder, nasfpn.NASFPN)
 
 
 def _model_config(architecture_json, input_size=(128, 128, 3)):

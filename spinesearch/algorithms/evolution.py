@@ -13,11 +13,38 @@ fine: the population simply has not changed yet.
 """
 import collections
 import math
+import random
 from typing import Any, Dict, List, Sequence
 
 from spinesearch.algorithms.base import Observation, Proposal, SearchAlgorithm
 from spinesearch.errors import ConfigError
 from spinesearch.space.base import SearchSpace
+
+
+def mutate(space: SearchSpace, decisions: Sequence[int], rng: random.Random,
+           num_mutations: int) -> List[int]:
+  """A valid child of `decisions` with `num_mutations` decisions (of those
+  that have an alternative) re-sampled to another choice and the rest of the
+  sequence repaired (module docstring)."""
+  masks = space.masks(decisions)
+  mutable = [i for i, mask in enumerate(masks) if sum(mask) > 1]
+  if not mutable or num_mutations < 1:
+    return list(decisions)
+  changed = set(rng.sample(mutable, min(num_mutations, len(mutable))))
+  cursor = space.start()
+  child = []
+  for i, old in enumerate(decisions):
+    valid = [c for c, ok in enumerate(cursor.mask()) if ok]
+    if i in changed:
+      alternatives = [c for c in valid if c != old]
+      choice = rng.choice(alternatives) if alternatives else old
+    elif old in valid:
+      choice = old
+    else:
+      choice = rng.choice(valid)
+    cursor.choose(choice)
+    child.append(choice)
+  return child
 
 
 class RegularizedEvolution(SearchAlgorithm):
@@ -51,25 +78,7 @@ class RegularizedEvolution(SearchAlgorithm):
   def mutate(self, decisions: Sequence[int]) -> List[int]:
     """A valid child that differs from `decisions` in at least one choice
     (unless no decision of the space has an alternative)."""
-    masks = self.space.masks(decisions)
-    mutable = [i for i, mask in enumerate(masks) if sum(mask) > 1]
-    if not mutable:
-      return list(decisions)
-    changed = set(self.rng.sample(mutable, min(self.options["num_mutations"], len(mutable))))
-    cursor = self.space.start()
-    child = []
-    for i, old in enumerate(decisions):
-      valid = [c for c, ok in enumerate(cursor.mask()) if ok]
-      if i in changed:
-        alternatives = [c for c in valid if c != old]
-        choice = self.rng.choice(alternatives) if alternatives else old
-      elif old in valid:
-        choice = old
-      else:
-        choice = self.rng.choice(valid)
-      cursor.choose(choice)
-      child.append(choice)
-    return child
+    return mutate(self.space, decisions, self.rng, self.options["num_mutations"])
 
   def _observe(self, observation: Observation) -> Dict[str, float]:
     reward = observation.reward

@@ -39,13 +39,15 @@ class Part:
     cell's own convolution), 'resnet' or 'head'.
   name: the block's name ('block'); the child's ('resample'); the cell's,
     '<repeat>.<index>' ('cell', 'cell_input').
-  level, block_fn: the block's (for 'resample': the child's; for 'endpoint':
-    the output block's it reads; for 'cell', 'cell_input': the cell's level).
-  parent, parent_level, parent_block_fn: the input's name ('P3', 'cell2',
-    a block's name), level and block type ('resample', 'cell_input',
-    'fpn_input').
-  role: 'input0', 'input1' or 'extra' (an unconsumed feature summed into an
-    output cell) for 'cell_input'.
+  level, block_fn, filters: the block's level, type and filter count (for
+    'resample': the child's; for 'endpoint': the output block's it reads;
+    for 'cell', 'cell_input': the cell's level).
+  parent, parent_level, parent_block_fn, parent_filters: the input's name
+    ('P3', 'cell2', a block's name), level, type and filter count
+    ('resample', 'cell_input', 'fpn_input').
+  role: which input of its block or cell: 'input0' (for a block: the parent
+    built first), 'input1', or for 'cell_input' 'extra' (an unconsumed feature
+    summed into an output cell).
   """
   kind: str
   name: str = ""
@@ -55,6 +57,8 @@ class Part:
   parent_level: int = 0
   parent_block_fn: str = ""
   role: str = ""
+  filters: int = 0
+  parent_filters: int = 0
 
 
 class _Marks(threading.local):
@@ -122,7 +126,8 @@ class StructuredSpineNet(spinenet.SpineNet):
     marker = contextlib.nullcontext()
     if name.startswith("scale_permuted_block_"):
       index = len(STEM_NAMES) + int(name.rsplit("_", 1)[1]) - 1
-      marker = part(Part("block", s.names[index], s.levels[index], s.block_fns[index]))
+      marker = part(Part("block", s.names[index], s.levels[index], s.block_fns[index],
+                         filters=self._filters(index)))
     with marker:
       return super()._block_group(inputs, filters, strides, block_fn_cand, block_repeats,
                                   stochastic_depth_drop_rate, name)
@@ -135,10 +140,17 @@ class StructuredSpineNet(spinenet.SpineNet):
     s.resamples += 1
     child = len(STEM_NAMES) + block
     parent = s.specs[block].input_offsets[which]
+    rank = sorted(s.specs[block].input_offsets).index(parent)
     with part(Part("resample", s.names[child], s.levels[child], s.block_fns[child],
-                   s.names[parent], s.levels[parent], s.block_fns[parent])):
+                   s.names[parent], s.levels[parent], s.block_fns[parent],
+                   role=f"input{rank}", filters=self._filters(child),
+                   parent_filters=self._filters(parent))):
       return super()._resample_with_alpha(inputs, input_width, input_block_fn, target_width,
                                           target_num_filters, target_block_fn, alpha)
+
+  def _filters(self, index: int) -> int:
+    # As Model Garden sizes a block of this level.
+    return int(spinenet.FILTER_SIZE_MAP[self._structure.levels[index]] * self._filter_size_scale)
 
   def _build_endpoints(self, net):
     # One level at a time, so that each endpoint's variables are marked with

@@ -13,6 +13,7 @@ from typing import List
 
 from absl import app, flags
 
+from spinesearch import logs
 from spinesearch.errors import ConfigError, parse_absl_flags, run_cli
 
 FLAGS = flags.FLAGS
@@ -47,11 +48,14 @@ flags.DEFINE_integer("pool_size", 8, "Paths trained at once, one step each in tu
 flags.DEFINE_integer("path_steps", 100,
                      "Steps a path trains before a newly sampled path replaces it.",
                      lower_bound=1)
-flags.DEFINE_enum("sampling", "uniform", ["uniform", "flops_cap"],
+flags.DEFINE_enum("sampling", "uniform", ["uniform", "flops_cap", "around_reference"],
                   "uniform: every decision uniform among its valid choices; flops_cap: "
                   "redraw until the path has at most --max_multiply_adds (DetNAS).")
 flags.DEFINE_float("max_multiply_adds", None,
                    "--sampling=flops_cap: the cap, in G multiply-adds at the proxy scaling.")
+flags.DEFINE_integer("max_mutations", None,
+                     "--sampling=around_reference: each path is the space's published point "
+                     "(SpineNet-49, NAS-FPN) with 0 to this many decisions re-sampled.")
 flags.DEFINE_integer("seed", 0, "Seed of path sampling, initialization and data order.",
                      lower_bound=0)
 # ---- how a run behaves ---------------------------------------------------------------
@@ -102,7 +106,8 @@ def supernet_config():
       space=FLAGS.search_space, space_preset=FLAGS.space_preset,
       proxy_preset=FLAGS.proxy_preset, proxy_overrides=overrides, dataset=dataset,
       train_steps=FLAGS.train_steps, pool_size=FLAGS.pool_size, path_steps=FLAGS.path_steps,
-      sampling=FLAGS.sampling, max_multiply_adds=FLAGS.max_multiply_adds, seed=FLAGS.seed)
+      sampling=FLAGS.sampling, max_multiply_adds=FLAGS.max_multiply_adds,
+      max_mutations=FLAGS.max_mutations, seed=FLAGS.seed)
 
 
 def _train() -> int:
@@ -149,6 +154,7 @@ def _main(argv: List[str]) -> int:
 
 
 def main(argv: List[str]) -> int:
+  logs.configure()
   return run_cli(_main, argv)
 
 

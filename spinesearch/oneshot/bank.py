@@ -65,6 +65,20 @@ class _KeyedCreator:
     self.initial = initial
     self.shared = shared
     self.built = BuiltModel()
+    self.mismatch: Optional[ShapeMismatch] = None
+
+  @contextlib.contextmanager
+  def scope(self):
+    """Creates variables through this creator. Keras wraps an error raised
+    while a layer builds in pages of context; a shape mismatch comes out as
+    its own one-line error instead."""
+    with tf.variable_creator_scope(self):
+      try:
+        yield self.built
+      except Exception:
+        if self.mismatch is not None:
+          raise self.mismatch from None
+        raise
 
   def __call__(self, next_creator, **kwargs):
     dtype = tf.as_dtype(kwargs.get("dtype") or tf.float32)
@@ -79,6 +93,13 @@ class _KeyedCreator:
     trainable = kwargs.get("trainable")
     trainable = True if trainable is None else bool(trainable)
     key = keys_lib.variable_key(part, ordinal, trainable)
+    try:
+      return self._create(next_creator, key, kwargs, dtype)
+    except ShapeMismatch as error:
+      self.mismatch = error
+      raise
+
+  def _create(self, next_creator, key, kwargs, dtype):
     shape = kwargs.get("shape")
     built = self.built
     if key in built.variables:
@@ -127,8 +148,8 @@ class SharedVariables:
     created for it are not kept."""
     known = set(self.variables)
     creator = _KeyedCreator(self._initial, self.variables)
-    with tf.variable_creator_scope(creator):
-      yield creator.built
+    with creator.scope() as built:
+      yield built
     for key in creator.built.dropped:
       if key not in known:
         self.variables.pop(key, None)
@@ -145,11 +166,11 @@ class SharedVariables:
 
 @contextlib.contextmanager
 def inherited_variables(arrays: Mapping[str, np.ndarray]) -> Iterator[BuiltModel]:
-  """Builds a model whose variables start from `arrays` where their key is
-  there (module docstring); the model owns its variables."""
-  creator = _KeyedCreator(arrays, None)
-  with tf.variable_creator_scope(creator):
-    yield creator.built
+  """Builds a model whose variables start from `arrays` where their key
+  (`keys.variable_key`) is there (module docstring); the model owns its
+  variables."""
+  with _KeyedCreator(arrays, None).scope() as built:
+    yield built
 
 
 # ---- files ------------------------------------------------------------------------

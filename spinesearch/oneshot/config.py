@@ -25,7 +25,7 @@ META_FILE = "supernet.json"
 WEIGHTS_FILE = "weights.npz"
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT_VERSION = 1
-SAMPLING = ("uniform", "flops_cap")
+SAMPLING = ("uniform", "flops_cap", "around_reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,11 @@ class SupernetConfig:
   path_steps: steps each path trains before a newly sampled one replaces it.
   sampling: 'uniform' (each decision uniform among its valid choices) or
     'flops_cap' (DetNAS: redraw until the path's multiply-adds at the proxy
-    scaling are at most max_multiply_adds G).
+    scaling are at most max_multiply_adds G) or 'around_reference': the
+    space's published point (SpineNet-49, NAS-FPN) with 0 to max_mutations
+    of its decisions re-sampled (as regularized evolution mutates), so the
+    shared weights learn the contexts near that point well instead of every
+    context a little.
   """
   space: str = "spinenet"
   space_preset: str = "default"
@@ -57,6 +61,7 @@ class SupernetConfig:
   path_steps: int = 100
   sampling: str = "uniform"
   max_multiply_adds: Optional[float] = None
+  max_mutations: Optional[int] = None
   seed: int = 0
 
   def __post_init__(self):
@@ -72,6 +77,13 @@ class SupernetConfig:
         raise ConfigError("supernet sampling=flops_cap needs a positive max_multiply_adds (G)")
     elif self.max_multiply_adds is not None:
       raise ConfigError("supernet max_multiply_adds applies only with sampling=flops_cap")
+    if self.sampling == "around_reference":
+      value = self.max_mutations
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"supernet sampling=around_reference needs max_mutations >= 1, "
+                          f"got {value!r}")
+    elif self.max_mutations is not None:
+      raise ConfigError("supernet max_mutations applies only with sampling=around_reference")
     if self.dataset.get("type") not in ("synthetic", "tfrecord"):
       raise ConfigError(f"supernet dataset type must be synthetic or tfrecord, "
                         f"got {self.dataset.get('type')!r}")

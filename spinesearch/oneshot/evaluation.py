@@ -16,6 +16,7 @@ import tf_keras
 
 from spinesearch.modeling import cost
 from spinesearch.oneshot import bank, keys
+from spinesearch.proxy.optimizer import FusedOptimizer
 from spinesearch.proxy.result import TrialResult
 from spinesearch.proxy.task import NonFiniteLoss, ProxyTask
 from spinesearch.space.architecture import Architecture
@@ -148,9 +149,10 @@ class OneShotScorer:
 
   def _finetune(self, model, mg_task, train, result: TrialResult) -> None:
     s = self.settings
-    optimizer = tf_keras.optimizers.legacy.Adam(
-        tf_keras.optimizers.schedules.CosineDecay(s.finetune_learning_rate, s.finetune_steps),
-        global_clipnorm=self.task.config.clip_norm)
+    optimizer = FusedOptimizer(
+        "adam", tf_keras.optimizers.schedules.CosineDecay(s.finetune_learning_rate,
+                                                          s.finetune_steps),
+        clip_norm=self.task.config.clip_norm)
     step = self.task.make_train_step(model, mg_task, optimizer)
     t0 = time.perf_counter()
     loss = float("nan")

@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
 import numpy as np
+import tf_keras
 
 from spinesearch.errors import ConfigError, UserError
 from spinesearch.oneshot import bank, keys
@@ -38,7 +39,6 @@ from spinesearch.progress import ScalarEvents, format_duration
 from spinesearch.space.architecture import Architecture
 
 _STATE_KEY = "__state__"
-_SLOT_NAMES = ("m", "v")
 _LOSS_EMA = 0.98
 
 
@@ -115,6 +115,7 @@ class SupernetTrainer:
       self.paths_started = 0
       self.images_seen = 0
       self.train_seconds = 0.0
+      self.wall_seconds = 0.0
       self.history: List[Dict[str, Any]] = []
       self.pool = []
       for i in range(c.pool_size):
@@ -128,6 +129,7 @@ class SupernetTrainer:
       self.paths_started = state["paths_started"]
       self.images_seen = state["images_seen"]
       self.train_seconds = state["train_seconds"]
+      self.wall_seconds = state.get("wall_seconds", 0.0)
       self.history = state["history"]
       self.pool = [_PoolPath(Architecture.from_dict(p["architecture"]), p["steps_left"])
                    for p in state["pool"]]
@@ -136,9 +138,12 @@ class SupernetTrainer:
   # ---- sampling --------------------------------------------------------------------
 
   def _sample(self) -> Architecture:
-    """A path from the space: uniform per decision, or under the FLOPs cap."""
+    """A path from the space: uniform per decision, under the FLOPs cap, or
+    a mutation of the space's published point (SupernetConfig.sampling)."""
     c = self.config
     self.paths_started += 1
+    if c.sampling == "around_reference":
+      return near_reference(self.space, c.space, self.rng, c.max_mutations)
     for _ in range(1000):
       architecture = self.space.decode(self.space.sample(self.rng))
       if c.sampling == "uniform" or self._multiply_adds(architecture) <= c.max_multiply_adds:
@@ -150,24 +155,53 @@ class SupernetTrainer:
     from spinesearch.modeling import cost
     key = architecture.fingerprint()
     if key not in self._cost_cache:
+      tf_keras.backend.clear_session()
       model = self.task.build_model(self.proxy.scaled(architecture))
       self._cost_cache[key] = cost.count_multiply_adds(model, self.proxy.image_size) / 1e9
     return self._cost_cache[key]
 
   # ---- training --------------------------------------------------------------------
 
+  def setup(self) -> None:
+    """Builds everything a step needs and restores the checkpoint, if any."""
+    self._setup()
+    self._restore()
+    self._write_meta()
+    self._data = iter(self.mg_task.build_inputs(
+        self.mg_task.task_config.train_data.replace(seed=self.config.seed + self.step)))
+
+  def train_one_step(self) -> float:
+    """One training step of the next path of the pool (built and traced
+    first if it is new); returns its loss."""
+    c = self.config
+    slot = self.step % c.pool_size
+    path = self.pool[slot]
+    if path.train_step is None:
+      path.train_step = self._prepare(path)
+    images, labels = next(self._data)
+    t0 = time.perf_counter()
+    loss = float(path.train_step(images, labels))
+    self.train_seconds += time.perf_counter() - t0
+    if not math.isfinite(loss):
+      self._checkpoint()
+      raise UserError(f"supernet training loss became {loss} at step {self.step + 1} "
+                      f"(path {path.architecture.fingerprint()[:80]}...); the last "
+                      f"checkpoint is kept")
+    self.step += 1
+    self.images_seen += self.proxy.batch_size
+    path.steps_left -= 1
+    if path.steps_left <= 0:
+      self.pool[slot] = _PoolPath(self._sample(), c.path_steps)
+    return loss
+
   def run(self) -> int:
     """Trains to `train_steps`; returns 0, or raises Interrupted after a
     checkpoint when stopped."""
-    self._setup()
-    self._restore()
+    self.setup()
     c, o = self.config, self.options
     total = c.train_steps
-    self._write_meta()
     events = ScalarEvents(os.path.join(self.folder, "tensorboard"))
     stop = _StopFlag()
-    data = iter(self.mg_task.build_inputs(
-        self.mg_task.task_config.train_data.replace(seed=c.seed + self.step)))
     self._print(f"supernet {self.folder}: {c.space} space, {len(self._restored)} "
                 f"weights restored, step {self.step}/{total}, pool of {c.pool_size} paths, "
                 f"a new path every {c.path_steps} steps, {self.dataset.num_train} training "
@@ -178,28 +212,14 @@ class SupernetTrainer:
     try:
       with stop.installed():
         while self.step < total:
-          path = self.pool[self.step % c.pool_size]
-          if path.train_step is None:
-            path.train_step = self._prepare(path)
-          images, labels = next(data)
-          t0 = time.perf_counter()
-          loss = float(path.train_step(images, labels))
-          self.train_seconds += time.perf_counter() - t0
-          if not math.isfinite(loss):
-            self._checkpoint()
-            raise UserError(f"supernet training loss became {loss} at step {self.step + 1} "
-                            f"(path {path.architecture.fingerprint()[:80]}...); the last "
-                            f"checkpoint is kept")
-          self.step += 1
-          self.images_seen += self.proxy.batch_size
+          t0 = time.monotonic()
+          loss = self.train_one_step()
+          self.wall_seconds += time.monotonic() - t0
           loss_ema = loss if loss_ema is None else _LOSS_EMA * loss_ema + (1 - _LOSS_EMA) * loss
-          path.steps_left -= 1
-          if path.steps_left <= 0:
-            self.pool[(self.step - 1) % c.pool_size] = _PoolPath(self._sample(), c.path_steps)
           now = time.monotonic()
           if now - last_progress >= o.progress_every_s or self.step == total:
             rate = (self.step - run_start_step) / max(now - run_start, 1e-9)
-            lr = float(self.optimizer._decayed_lr("float32"))
+            lr = self.optimizer.current_learning_rate()
             events.scalars(self.step, {"loss": loss_ema, "learning_rate": lr,
                                        "images_per_second": rate * self.proxy.batch_size,
                                        "paths": self.paths_started})
@@ -223,22 +243,28 @@ class SupernetTrainer:
     finally:
       events.close()
     self._print(f"supernet trained: {self.step} steps, {self.images_seen} images, "
-                f"{self.paths_started} paths; weights: {os.path.join(self.folder, WEIGHTS_FILE)}")
+                f"{self.paths_started} paths, {format_duration(self.wall_seconds)} of "
+                f"training; weights: {os.path.join(self.folder, WEIGHTS_FILE)}")
     return 0
 
   def _prepare(self, path: _PoolPath) -> Callable:
     """Builds a path on the shared variables and traces its training step;
     Adam's slots of weights restored from a checkpoint come back with them."""
     arch = self.proxy.scaled(path.architecture)
+    # Keras keeps state of every model built in a session (about 25 MB per
+    # model measured here); the pool's traced steps do not need it.
+    tf_keras.backend.clear_session()
     with self.shared.building() as built:
       model = self.task.build_model(arch, keys.block_names(self.space, arch))
       built.restrict_to(model)
     train_step = self.task.make_train_step(model, self.mg_task, self.optimizer)
     for key, variable in built.variables.items():
-      for name in _SLOT_NAMES:
+      if not variable.trainable:
+        continue
+      for name, slot in self.optimizer.slots(variable).items():
         saved = self._slots.pop(f"{key}@{name}", None)
-        if saved is not None and variable.trainable:
-          self.optimizer.get_slot(variable, name).assign(saved)
+        if saved is not None:
+          slot.assign(saved)
     return train_step
 
   # ---- outputs ---------------------------------------------------------------------
@@ -251,15 +277,15 @@ class SupernetTrainer:
     for key, variable in self.shared.variables.items():
       if not variable.trainable:
         continue
-      for name in _SLOT_NAMES:
-        try:
-          slot = self.optimizer.get_slot(variable, name)
-        except KeyError:
-          continue  # a weight created but not trained yet
+      try:
+        variable_slots = self.optimizer.slots(variable)
+      except KeyError:
+        continue  # a weight created but not trained yet
+      for name, slot in variable_slots.items():
         slots[f"{key}@{name}"] = slot.numpy()
     state = {"step": self.step, "rng": self.rng.getstate(), "paths_started": self.paths_started,
              "images_seen": self.images_seen, "train_seconds": self.train_seconds,
-             "history": self.history,
+             "wall_seconds": self.wall_seconds, "history": self.history,
              "pool": [{"architecture": p.architecture.to_dict(), "steps_left": p.steps_left}
                       for p in self.pool]}
     checkpoint = dict(weights, **slots)
@@ -280,7 +306,8 @@ class SupernetTrainer:
         "reference": {"name": self.reference.name, "architecture": self.reference.to_dict()},
         "progress": {"step": self.step, "train_steps": self.config.train_steps,
                      "images_seen": self.images_seen, "paths_started": self.paths_started,
-                     "train_seconds": round(self.train_seconds, 1)},
+                     "train_seconds": round(self.train_seconds, 1),
+                     "wall_seconds": round(self.wall_seconds, 1)},
         "reference_ap": self.history,
         "weights": getattr(self, "weights_record", (self._meta or {}).get("weights")),
     }
@@ -295,7 +322,8 @@ class SupernetTrainer:
     start = time.perf_counter()
     result = scorer.score(self.reference, self.shared.arrays(), new_session=False)
     entry = {"step": self.step, "images_seen": self.images_seen,
-             "train_seconds": round(self.train_seconds, 1), "ap": result.ap,
+             "train_seconds": round(self.train_seconds, 1),
+             "wall_seconds": round(self.wall_seconds, 1), "ap": result.ap,
              "ap50": result.ap50, "eval_seconds": round(time.perf_counter() - start, 1)}
     self.history.append(entry)
     events.scalars(self.step, {"reference/ap": result.ap, "reference/ap50": result.ap50})
@@ -311,6 +339,14 @@ def reference_architecture(space: str) -> Architecture:
   from spinesearch.space import known
   return {"spinenet": known.spinenet49, "nasfpn": known.nasfpn,
           "joint": known.spinenet49_nasfpn}[space]()
+
+
+def near_reference(space, space_name: str, rng, max_mutations: int) -> Architecture:
+  """The space's published point with 0 to `max_mutations` decisions
+  re-sampled, the count uniform (as regularized evolution mutates)."""
+  from spinesearch.algorithms.evolution import mutate
+  base = space.encode(reference_architecture(space_name))
+  return space.decode(mutate(space, base, rng, rng.randint(0, max_mutations)))
 
 
 def _rng_state(state) -> tuple:

@@ -247,18 +247,30 @@ class ScalePermutedSpace(SearchSpace):
 
   def block_names(self, blocks: Sequence[BlockSpec]) -> List[str]:
     """Each block's identity in the allocation, independent of where the
-    permutation puts it: 'L4.2' is the second block (in build order) whose
-    base level is 4, 'P5' the level-5 output block. Base levels are matched as
-    `encode_blocks` matches them, so equal architectures get equal names."""
-    self.encode_blocks(blocks)
-    n = self.num_intermediate
-    bases = self._assign_base_levels([block.level for block in blocks[:n]])
+    permutation puts it: 'L4.2' is the second non-output block (in build
+    order) whose base level is 4, 'P5' the level-5 output block. Base levels
+    are matched as `encode_blocks` matches them, so equal architectures get
+    equal names. The blocks need not be in the space's order (the
+    scale-decreased ordering of SpineNet-49 interleaves its outputs), only
+    made of its allocation's blocks and one output per output level."""
+    intermediate = [b for b in blocks if not b.is_output]
+    outputs = sorted(b.level for b in blocks if b.is_output)
+    if len(intermediate) != self.num_intermediate or outputs != list(self.output_levels):
+      raise ArchitectureError(
+          f"blocks: this space's architectures have {self.num_intermediate} intermediate "
+          f"blocks and one output block per level {list(self.output_levels)}; got "
+          f"{len(intermediate)} intermediate and outputs at levels {outputs}")
+    bases = iter(self._assign_base_levels([b.level for b in intermediate]))
     seen = collections.Counter()
     names = []
-    for base in bases:
-      seen[base] += 1
-      names.append(f"L{base}.{seen[base]}")
-    return names + [f"P{block.level}" for block in blocks[n:]]
+    for block in blocks:
+      if block.is_output:
+        names.append(f"P{block.level}")
+      else:
+        base = next(bases)
+        seen[base] += 1
+        names.append(f"L{base}.{seen[base]}")
+    return names
 
   def _canonical_parents(self, b: int, block: BlockSpec) -> Tuple[int, int]:
     where = f"blocks[{b}].input_offsets"
