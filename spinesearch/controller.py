@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from absl import app
 from absl import flags
 
-from spinesearch import evaluate
+from spinesearch import evaluate, logs
 from spinesearch.driver import EXIT_INTERRUPTED, SearchDriver, SearchSettings
 from spinesearch.errors import ArchitectureError, ConfigError, parse_absl_flags, run_cli
 from spinesearch.proxy import PRESETS as PROXY_PRESETS, ProxyConfig
@@ -178,12 +178,24 @@ flags.DEFINE_float("trial_timeout_s", 3600.0,
                    "A trial running longer than this many seconds is killed and recorded "
                    "as failed.", lower_bound=0.001)
 flags.DEFINE_enum("runner", "local", list(runner_registry.runner_names()),
-                  "Where trials run: 'local' runs each trial in its own subprocess "
-                  "(isolated, with --trial_timeout_s); 'inline' evaluates trials in the "
-                  "driver process one at a time, for rewards that train nothing "
-                  "(target_similarity, zero_shot); 'ray' runs each trial as the local runner does, "
-                  "on Ray workers of this machine or a cluster (--ray_address; needs the "
-                  "extra 'distributed').")
+                  "Where trials run: 'local' runs trials in processes of this machine "
+                  "(isolated, with --trial_timeout_s; see --trial_isolation); 'inline' "
+                  "evaluates trials in the driver process one at a time, for rewards that "
+                  "train nothing (target_similarity, zero_shot); 'ray' runs each trial as "
+                  "the local runner does, on Ray workers of this machine or a cluster "
+                  "(--ray_address; needs the extra 'distributed').")
+flags.DEFINE_enum("trial_isolation", None, ["worker", "process"],
+                  "--runner=local/ray: 'worker' (the default) runs trials one after another "
+                  "in warm worker processes, one per slot, that import TensorFlow and Model "
+                  "Garden once; a worker whose trial failed in any way is replaced. "
+                  "'process' starts a new process for every trial.")
+flags.DEFINE_integer("worker_max_trials", None,
+                     "--trial_isolation=worker: a worker is replaced by a new process after "
+                     "this many trials (default 100).", lower_bound=1)
+flags.DEFINE_integer("worker_max_rss_mb", None,
+                     "--trial_isolation=worker: a worker whose resident memory after a trial "
+                     "exceeds this many MB is replaced by a new process (default 4096).",
+                     lower_bound=1)
 flags.DEFINE_string("ray_address", None,
                     "--runner=ray: unset or empty starts a local Ray instance with this "
                     "machine's cores (no dashboard, listening on 127.0.0.1 only); 'auto' or "
@@ -201,13 +213,18 @@ flags.DEFINE_integer("top_k", 5, "Architectures kept in <search_dir>/best/.", lo
 
 OPERATIONAL_FLAGS = ("search_dir", "num_trials", "max_parallel_trials", "max_failed_trials",
                      "trial_timeout_s", "runner", "cache_dir", "top_k", "ray_address",
-                     "trial_cpus", "trial_gpus")
+                     "trial_cpus", "trial_gpus", "trial_isolation", "worker_max_trials",
+                     "worker_max_rss_mb")
 # flag -> (the runner option it sets, the runners that take it)
 RUNNER_OPTION_FLAGS = {
     "ray_address": ("address", ("ray",)),
     "trial_cpus": ("trial_cpus", ("ray",)),
     "trial_gpus": ("trial_gpus", ("ray",)),
+    "trial_isolation": ("trial_isolation", ("local", "ray")),
+    "worker_max_trials": ("worker_max_trials", ("local", "ray")),
+    "worker_max_rss_mb": ("worker_max_rss_mb", ("local", "ray")),
 }
+_WORKER_FLAGS = ("worker_max_trials", "worker_max_rss_mb")
 _RNN = ("ppo", "reinforce")
 # flag -> (the algorithm option it sets, the algorithms that take it)
 ALGORITHM_OPTION_FLAGS = {
@@ -266,6 +283,9 @@ def runner_options() -> Dict[str, Any]:
     if FLAGS.runner not in runners:
       raise ConfigError(f"--{flag_name} applies to --runner={'/'.join(runners)}, "
                         f"not --runner={FLAGS.runner}")
+    if flag_name in _WORKER_FLAGS and FLAGS.trial_isolation == "process":
+      raise ConfigError(f"--{flag_name} applies to --trial_isolation=worker, not "
+                        f"--trial_isolation=process")
     options[option] = value
   return options
 
@@ -288,6 +308,14 @@ def reward_settings(space) -> Dict[str, Any]:
   if zero_shot is not None:
     settings["zero_shot"] = zero_shot
   return settings
+
+
+def proxy_training_settings(space) -> Dict[str, Any]:
+  """The proxy settings and data set `--reward=proxy` would train with under
+  the other flags, whatever --reward is: how an architecture trains
+  stand-alone at a search's proxy scaling (scripts/validate_search.py)."""
+  proxy, image_size = _proxy_settings(space)
+  return {"proxy": proxy, "dataset": _dataset_settings(image_size)}
 
 
 _SYNTHETIC_FLAGS = ("synthetic_num_train", "synthetic_num_val", "synthetic_image_size",
@@ -445,6 +473,7 @@ def _main(argv: List[str]) -> int:
 
 
 def main(argv: List[str]) -> int:
+  logs.configure()
   return run_cli(_main, argv)
 
 

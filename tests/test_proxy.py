@@ -1,5 +1,6 @@
 """The proxy task: one scaled-down trial end to end, failure on NaN, bad input."""
 import json
+import re
 import math
 import os
 import random
@@ -90,3 +91,50 @@ def test_cli_refuses_bad_architecture_file_with_one_line(tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith("error: ") and "needs backbone blocks" in lines[-1]
   assert "Traceback" not in proc.stderr
+
+
+def _run_proxy_cli(args, timeout=600):
+  return subprocess.run([sys.executable, "-m", "spinesearch.proxy", *args],
+                        capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def _tfrecord_flags(data):
+  return ["--dataset=tfrecord", f"--train_pattern={data.train_pattern}",
+          f"--val_pattern={data.val_pattern}", f"--val_annotations={data.val_annotations}"]
+
+
+TINY_TRIAL = ["--preset=tiny", "--set=image_size=64", "--set=train_steps=1", "--json"]
+
+
+def test_cli_takes_a_zoo_entry_file_and_keeps_stderr_quiet(dataset_64, tmp_path):
+  """No library INFO / WARNING lines (absl, TensorFlow's C++ logging,
+  grappler's Abseil logging, Python warnings) on user TFRecords."""
+  from model_zoo import ZooEntry
+  entry_file = tmp_path / "tiny-p6.json"
+  ZooEntry(name="tiny-p6", architecture=arch_p3_p6(), input_size=64,
+           num_classes=dataset_64.num_classes).save(str(entry_file))
+  proc = _run_proxy_cli([f"--architecture={entry_file}", *TINY_TRIAL, *_tfrecord_flags(dataset_64)])
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads(proc.stdout)["status"] == "done"
+  assert proc.stderr == ""
+
+
+def test_cli_verbosity_brings_library_log_lines_back(dataset_64, tmp_path):
+  arch_file = tmp_path / "arch.json"
+  arch_p3_p6().save(str(arch_file))
+  proc = _run_proxy_cli([f"--architecture={arch_file}", *TINY_TRIAL, *_tfrecord_flags(dataset_64),
+                         "--verbosity=0"])
+  assert proc.returncode == 0, proc.stderr
+  # Model Garden's COCO evaluator (absl, Python) and TensorFlow's C++ INFO
+  # lines ("2026-12-02 03:29:53.072042: I external/...").
+  assert "coco_evaluator.py" in proc.stderr and "Using annotation file" in proc.stderr
+  assert re.search(r"^\S+ \S+: I \S+\.cc:\d+\]", proc.stderr, re.M)
+
+
+def test_cli_refuses_an_unknown_zoo_name_with_close_matches():
+  proc = _run_proxy_cli(["--architecture=mobile-spinenet49s"], timeout=120)
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr.strip().splitlines() == [
+      "error: 'mobile-spinenet49s' is neither a file nor a zoo model name; did you mean "
+      "mobile-spinenet-49s, mobile-spinenet-49xs, mobile-spinenet-49, spinenet-49s? "
+      "(python -m model_zoo list)"]

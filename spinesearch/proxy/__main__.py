@@ -1,15 +1,23 @@
-"""Runs one proxy trial: `python -m spinesearch.proxy --architecture ARCH.json
---preset quickstart [--json]`."""
+"""Runs one proxy trial: `python -m spinesearch.proxy --architecture ARCH
+--preset quickstart [--json] [-v 0]`.
+
+ARCH is an architecture JSON file, a zoo entry JSON file or a zoo model name.
+TensorFlow's and absl's INFO and WARNING lines are left out unless
+`--verbosity` (`-v`) asks for them: -1 warnings, 0 info.
+"""
 import json
 import sys
 
 from absl import app, flags
 
+from model_zoo.registry import load_architecture
+from spinesearch import logs
 from spinesearch.errors import ConfigError, run_cli
-from spinesearch.proxy.config import parse_overrides
+from spinesearch.proxy.config import ProxyConfig, parse_overrides
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("architecture", None, "Architecture JSON file (SpineSearch schema).")
+flags.DEFINE_string("architecture", None, "An architecture JSON file (SpineSearch schema), a zoo "
+                    "entry JSON file or a zoo model name (python -m model_zoo list).")
 flags.DEFINE_string("preset", "quickstart", "Proxy preset: quickstart, paper or tiny.")
 flags.DEFINE_multi_string("set", [], "Override a proxy setting, e.g. --set train_steps=100 "
                           "(repeatable; values are JSON: numbers, true/false, lists).")
@@ -38,13 +46,15 @@ def dataset_from_flags(image_size: int):
 
 def main(argv):
   del argv
-  from spinesearch.proxy import ProxyConfig, ProxyTask
-  from spinesearch.space.architecture import Architecture
+  # Before TensorFlow is imported: an explicit --verbosity reaches its C++ logging only then.
+  logs.configure()
   if not FLAGS.architecture:
-    raise ConfigError("--architecture is required (a JSON file in the SpineSearch schema)")
-  architecture = Architecture.load(FLAGS.architecture)
+    raise ConfigError("--architecture is required (an architecture JSON file, a zoo entry "
+                      "JSON file or a zoo model name)")
+  architecture = load_architecture(FLAGS.architecture)
   config = ProxyConfig.from_preset(FLAGS.preset, **parse_overrides(FLAGS.set))
   data = dataset_from_flags(config.image_size)
+  from spinesearch.proxy import ProxyTask  # TensorFlow: only once the flags are known to be good
 
   def progress(step, steps, loss):
     if not FLAGS.json and (step == 1 or step % 50 == 0 or step == steps):
