@@ -60,6 +60,12 @@ def read_scalars(logdir):
     (("--search_dir={d}", "--search_space=nasfpn", "--parent_window=3"),
      "--parent_window applies to --search_space=spinenet"),
     (("--search_dir={d}", "--reward=target_similarity", "stray"), "unexpected argument"),
+    (("--search_dir={d}", "--reward=target_similarity", "--runner=inline",
+      "--trial_isolation=process"), "--trial_isolation applies to --runner=local/ray"),
+    (("--search_dir={d}", "--reward=target_similarity", "--trial_isolation=process",
+      "--worker_max_trials=3"), "--worker_max_trials applies to --trial_isolation=worker"),
+    (("--search_dir={d}", "--reward=target_similarity", "--trial_isolation=thread"),
+     "--trial_isolation"),
     (("--flagfile=/no/such.flags",), "/no/such.flags"),
 ])
 def test_a_bad_flag_is_one_line_and_exit_status_2(tmp_path, flags, message):
@@ -80,7 +86,7 @@ def test_helpfull_documents_every_flag():
                "proxy_batch_size", "dataset", "cache_dir", "synthetic_num_train",
                "zero_shot_prefilter", "zero_shot_part", "zero_shot_image_size",
                "zero_shot_batch_size", "zero_shot_repeats", "ray_address", "trial_cpus",
-               "trial_gpus",
+               "trial_gpus", "trial_isolation", "worker_max_trials", "worker_max_rss_mb",
                "synthetic_num_val", "synthetic_image_size", "train_pattern", "val_pattern",
                "val_annotations", "top_k"):
     assert f"--{flag}:" in done.stdout or f"--[no]{flag}:" in done.stdout, flag
