@@ -1,15 +1,18 @@
 """`python -m model_zoo`: list, inspect, run, export, configure and convert zoo models.
 
   python -m model_zoo list [--json]
-  python -m model_zoo info NAME [--json]
+  python -m model_zoo info NAME [--json | --architecture]
   python -m model_zoo predict --model NAME --image IMG [--output OUT.png] [--json] [--min_score S]
   python -m model_zoo export --model NAME --dir DIR
   python -m model_zoo config --model NAME [--output FILE.yaml]
   python -m model_zoo convert --model_garden_checkpoint CKPT --model NAME --output DIR
   python -m model_zoo measure --model NAME
+  python -m model_zoo calibrate NAME [--write] [--unseen N]
 
 Every command takes `--zoo_dir DIR` (a folder with entries/ and weights/,
-e.g. the output of `convert`); `--model` also takes a path to an entry JSON.
+e.g. the output of `convert`) and `--verbosity` / `-v` (absl's levels: -1
+shows TensorFlow's warnings, 0 its info lines; by default only errors);
+`--model` also takes a path to an entry JSON.
 """
 import argparse
 import json
@@ -18,7 +21,8 @@ import tempfile
 from typing import Any, Dict, Optional, Sequence
 
 from model_zoo import registry
-from model_zoo.entry import ZooEntry, ZooError
+from model_zoo.entry import DEFAULT_MIN_SCORE, ZooEntry, ZooError
+from spinesearch import logs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--zoo_dir", default=None,
                       help="zoo folder with entries/ and weights/ (default: the package's)")
+  common.add_argument("-v", "--verbosity", type=int, default=None, metavar="LEVEL",
+                      help="TensorFlow and absl log lines to show, in absl's levels: -1 "
+                           "warnings, 0 info, 1 debug (default: errors only)")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   listing = commands.add_parser("list", parents=[common], help="the zoo's entries")
@@ -34,15 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
 
   info = commands.add_parser("info", parents=[common], help="one entry in detail")
   info.add_argument("name")
-  info.add_argument("--json", action="store_true", help="the whole entry JSON")
+  shown = info.add_mutually_exclusive_group()
+  shown.add_argument("--json", action="store_true", help="the whole entry JSON")
+  shown.add_argument("--architecture", action="store_true",
+                     help="the entry's architecture JSON (the project's schema, for any tool's "
+                          "--architecture)")
 
   predict = commands.add_parser("predict", parents=[common], help="detect objects in an image")
   predict.add_argument("--model", required=True)
   predict.add_argument("--image", required=True, help="an image file Pillow can read")
   predict.add_argument("--output", help="write the image with boxes and labels drawn (PNG, JPEG)")
   predict.add_argument("--json", action="store_true", help="print the detections as JSON")
-  predict.add_argument("--min_score", type=float, default=0.3,
-                       help="drop detections scoring lower (default 0.3)")
+  predict.add_argument("--min_score", type=float, default=None,
+                       help="drop detections scoring lower (default: the entry's calibrated "
+                            f"score threshold, else {DEFAULT_MIN_SCORE})")
 
   export = commands.add_parser("export", parents=[common],
                                help="SavedModel with a serving signature on uint8 images")
@@ -69,11 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
   measure = commands.add_parser("measure", parents=[common],
                                 help="recompute an entry's params and multiply-adds into it")
   measure.add_argument("--model", required=True)
+
+  calibrate = commands.add_parser(
+      "calibrate", parents=[common],
+      help="choose the entry's score threshold on its validation split")
+  calibrate.add_argument("name", help="a zoo entry with weights (or an entry JSON)")
+  calibrate.add_argument("--write", action="store_true",
+                         help="store the threshold and its calibration record in the entry")
+  calibrate.add_argument("--max_images", type=int, default=None,
+                         help="calibrate on the first N validation images (default: all)")
+  calibrate.add_argument("--cache_dir", default=None, help="synthetic set cache "
+                         "(default $SPINESEARCH_CACHE or ~/.cache/spinesearch)")
+  calibrate.add_argument("--unseen", type=int, default=0, metavar="N",
+                         help="also score N unseen synthetic scenes at the threshold and at "
+                              f"{DEFAULT_MIN_SCORE} (default 0: none)")
+  calibrate.add_argument("--unseen_seed", type=int, default=None,
+                         help="generator seed of those scenes (default 987654)")
   return parser
 
 
 def main(argv: Sequence[str]) -> int:
   args = build_parser().parse_args(argv)
+  # Before a command imports TensorFlow: an explicit --verbosity reaches its C++ logging only then.
+  logs.configure(args.verbosity)
   return COMMANDS[args.command](args)
 
 
@@ -105,6 +135,9 @@ def info_command(args) -> int:
   if args.json:
     print(entry.to_json(), end="")
     return 0
+  if args.architecture:
+    print(entry.architecture.to_json())
+    return 0
   s = summary(entry)
   arch = entry.architecture
   lines = [
@@ -124,6 +157,7 @@ def info_command(args) -> int:
     where = "measured here" if m.get("measured_here") else "reported"
     lines.append(f"  AP {m.get('ap')}: {where} on {m.get('dataset')} at {m.get('input_size')} px"
                  f"{' (' + m['schedule'] + ')' if m.get('schedule') else ''}")
+  lines.append(f"  {_score_threshold_line(entry)}")
   lines.append(f"  provenance: {json.dumps(_short_provenance(entry.provenance))}")
   print("\n".join(lines))
   return 0
@@ -133,7 +167,8 @@ def predict_command(args) -> int:
   image = read_image(args.image)
   from model_zoo import detector
   model = detector.load(args.model, zoo_dir=args.zoo_dir)
-  [result] = model.predict(image, min_score=args.min_score)
+  min_score = model.entry.default_min_score() if args.min_score is None else args.min_score
+  [result] = model.predict(image, min_score=min_score)
   if args.output:
     from model_zoo.draw import draw_detections
     save_image_atomically(draw_detections(image, result), args.output)
@@ -143,7 +178,7 @@ def predict_command(args) -> int:
     for box, score, name in zip(result["boxes"], result["scores"], result["class_names"]):
       print(f"{name:<16} {score:.3f}  ymin {box[0]:.1f} xmin {box[1]:.1f} "
             f"ymax {box[2]:.1f} xmax {box[3]:.1f}")
-    print(f"{len(result['scores'])} detections scoring >= {args.min_score} "
+    print(f"{len(result['scores'])} detections scoring >= {min_score} "
           f"({model.name}, boxes in image pixels)"
           + (f"; drawn to {args.output}" if args.output else ""))
   return 0
@@ -190,17 +225,41 @@ def measure_command(args) -> int:
   from model_zoo import modeling
   entry, zoo_dir = registry.locate(args.model, args.zoo_dir)
   measured = entry.replace(cost=modeling.measure_cost(entry))
-  path = (args.model if args.model.endswith(".json") else
-          registry.entry_path(entry.name, zoo_dir))
-  measured.save(path)
+  measured.save(_entry_file(args.model, entry, zoo_dir))
   print(f"{entry.name}: {measured.cost['params']:,} params (trainable), "
         f"{measured.cost['multiply_adds'] / 1e9:.2f} G multiply-adds at {entry.input_size} px")
   return 0
 
 
+def calibrate_command(args) -> int:
+  from model_zoo import calibration, detector
+  entry, zoo_dir = registry.locate(args.name, args.zoo_dir)
+  data, dataset_name = calibration.entry_dataset(entry, args.cache_dir)
+  model = detector.load_entry(entry, zoo_dir)
+  record = calibration.calibrate(model, data, dataset_name, max_images=args.max_images)
+  print(f"{entry.name}: score threshold {record.threshold:g}: {record.method}")
+  print(f"  {_calibration_line(record.calibration)}")
+  if args.unseen:
+    seed = calibration.UNSEEN_SEED if args.unseen_seed is None else args.unseen_seed
+    matched = calibration.match_scenes(
+        model, calibration.unseen_scenes(entry.input_size, args.unseen, seed))
+    print(f"  {args.unseen} unseen synthetic scenes (seed {seed}), {matched.num_objects} objects:")
+    for threshold in (record.threshold, DEFAULT_MIN_SCORE):
+      at = matched.at(threshold)
+      print(f"    at {threshold:g}: recall {at['recall']:.3f}, "
+            f"{at['detections_per_object']:.2f} detections per object")
+  if args.write:
+    path = _entry_file(args.name, entry, zoo_dir)
+    entry.replace(score_threshold=record).save(path)
+    print(f"wrote it into {path}; predict uses it unless min_score is given")
+  else:
+    print("not written (--write stores it in the entry)")
+  return 0
+
+
 COMMANDS = {"list": list_command, "info": info_command, "predict": predict_command,
             "export": export_command, "config": config_command, "convert": convert_command,
-            "measure": measure_command}
+            "measure": measure_command, "calibrate": calibrate_command}
 
 
 # ---- helpers ---------------------------------------------------------------------
@@ -267,6 +326,30 @@ def detections_json(entry: ZooEntry, image_path: str, result) -> Dict[str, Any]:
           for box, score, label, name in zip(result["boxes"], result["scores"],
                                              result["classes"], result["class_names"])],
   }
+
+
+def _entry_file(model: str, entry: ZooEntry, zoo_dir: str) -> str:
+  """The file an entry given as a name or an entry JSON path was read from."""
+  return model if model.endswith(".json") else registry.entry_path(entry.name, zoo_dir)
+
+
+def _score_threshold_line(entry: ZooEntry) -> str:
+  record, default = entry.score_threshold, DEFAULT_MIN_SCORE
+  if record is None:
+    return f"score threshold: {default:g} (the default; not calibrated: python -m model_zoo calibrate)"
+  if entry.calibrated_threshold() is None:
+    return (f"score threshold: {default:g} (the default; {record.threshold:g} was calibrated for "
+            f"other weights)")
+  return (f"score threshold: {record.threshold:g}, {record.method}, "
+          f"{_calibration_line(record.calibration)}")
+
+
+def _calibration_line(calibration: Dict[str, Any]) -> str:
+  return (f"on {calibration.get('dataset')} {calibration.get('split')}, "
+          f"{calibration.get('num_images')} images, {calibration.get('num_objects')} objects: "
+          f"recall {_fmt(calibration.get('recall'), '.3f')}, "
+          f"{_fmt(calibration.get('detections_per_object'), '.2f')} detections per object, "
+          f"precision {_fmt(calibration.get('precision'), '.3f')}")
 
 
 def _fmt(value: Optional[float], spec: str, unit: str = "") -> str:

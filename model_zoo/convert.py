@@ -79,7 +79,7 @@ def convert_checkpoint(entry: ZooEntry, checkpoint: str, output_dir: str, *,
       model, registry.weights_dir(output_dir), converted.name, float16=float16,
       source=f"converted from the Model Garden checkpoint {prefix}")
   converted = converted.replace(
-      weights=record, training=None,
+      weights=record, training=None, score_threshold=None,
       metrics=tuple(m for m in converted.metrics if not m.get("measured_here")),
       cost=dict(converted.cost) if not changes else {},
       provenance=dict(converted.provenance,

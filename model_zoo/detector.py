@@ -2,7 +2,7 @@
 
   import model_zoo
   detector = model_zoo.load("mobile-spinenet-49xs")
-  [result] = detector.predict(image)        # uint8 HxWx3
+  [result] = detector.predict(image)        # uint8 HxWx3; min_score: the entry's threshold
   result["boxes"]        # [N, 4] float32, (ymin, xmin, ymax, xmax) in the image's pixels
   result["scores"]       # [N] float32, best first
   result["classes"]      # [N] int32 class ids (0 is the background, never returned)
@@ -57,12 +57,18 @@ class Detector:
     outputs = self._serve(tf.convert_to_tensor(images, dtype=tf.uint8))
     return {key: value.numpy() for key, value in outputs.items()}
 
-  def predict(self, images: Images, min_score: float = 0.0) -> List[Dict[str, np.ndarray]]:
+  def predict(self, images: Images,
+              min_score: Optional[float] = None) -> List[Dict[str, np.ndarray]]:
     """Detections per image, for one uint8 HxWx3 image, a [batch, H, W, 3]
     array, or a list of images of any sizes. Each image is resized (longer
     side to the input size, aspect ratio kept) and padded as Model Garden's
     inference does; boxes come back in the pixels of the image given.
+    Detections scoring below `min_score` are dropped; by default it is the
+    entry's calibrated score threshold, or 0.3 for an entry without one
+    (`entry.default_min_score()`).
     Returns one dict per image (see the module docstring)."""
+    if min_score is None:
+      min_score = self.entry.default_min_score()
     batches = _as_batches(images)
     results = []
     for batch in batches:

@@ -18,10 +18,17 @@ were checked, what it scored and on what, and where it came from::
    "weights": {"file": "x.npz", "sha256": "...", "bytes": 1, "format": "npz-v1", "source": "..."},
    "metrics": [{"dataset": "...", "split": "val", "input_size": 128, "measured_here": true,
                 "ap": 0.31, ...}],
-   "training": {...}, "provenance": {"kind": "paper" | "search" | ..., ...}}
+   "training": {...}, "provenance": {"kind": "paper" | "search" | ..., ...},
+   "score_threshold": {"threshold": 0.12, "method": "...", "weights_sha256": "...",
+                       "calibration": {"dataset": "...", "split": "val", "num_images": 200,
+                                       "recall": 0.7, "detections_per_object": 1.9, ...}}}
 
 `weights` and `training` may be null (an entry without weights). AP values
-are fractions in [0, 1], as pycocotools reports them.
+are fractions in [0, 1], as pycocotools reports them. `score_threshold` is
+optional: the `min_score` that `predict` uses by default, as calibrated for
+the weights of `weights_sha256` (`python -m model_zoo calibrate`); without it,
+or when it was calibrated for other weights, the default is
+DEFAULT_MIN_SCORE.
 """
 import dataclasses
 import json
@@ -37,6 +44,8 @@ ZOO_VERSION = 1
 WEIGHTS_FORMAT = "npz-v1"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ACTIVATIONS = ("relu", "swish")
+# predict's min_score for an entry without a calibrated score threshold.
+DEFAULT_MIN_SCORE = 0.3
 
 
 class ZooError(UserError, ValueError):
@@ -88,6 +97,20 @@ class WeightsRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScoreThreshold:
+  """The score threshold that suits an entry's weights: `threshold` in (0, 1),
+  how it was chosen (`method`), the weights it was chosen for and what it
+  gave there (`calibration`: data set, images, recall, detections per object)."""
+  threshold: float
+  method: str = ""
+  weights_sha256: str = ""
+  calibration: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dict(dataclasses.asdict(self), calibration=dict(self.calibration))
+
+
+@dataclasses.dataclass(frozen=True)
 class ZooEntry:
   """One detector of the zoo (see the module docstring for the JSON)."""
   name: str
@@ -103,6 +126,7 @@ class ZooEntry:
   metrics: Tuple[Mapping[str, Any], ...] = ()
   training: Optional[Mapping[str, Any]] = None
   provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  score_threshold: Optional[ScoreThreshold] = None
 
   def __post_init__(self):
     object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -126,10 +150,27 @@ class ZooEntry:
         return record
     return None
 
+  def default_min_score(self) -> float:
+    """predict's min_score when none is given: the calibrated threshold, else
+    DEFAULT_MIN_SCORE."""
+    threshold = self.calibrated_threshold()
+    return DEFAULT_MIN_SCORE if threshold is None else threshold
+
+  def calibrated_threshold(self) -> Optional[float]:
+    """The entry's score threshold if it was calibrated for these weights (or
+    set for no weights in particular); None otherwise."""
+    record = self.score_threshold
+    if record is None:
+      return None
+    if record.weights_sha256 and (self.weights is None or
+                                  record.weights_sha256 != self.weights.sha256):
+      return None
+    return record.threshold
+
   # ---- JSON ----------------------------------------------------------------
 
   def to_dict(self) -> Dict[str, Any]:
-    return {
+    data = {
         "zoo_version": ZOO_VERSION,
         "name": self.name,
         "description": self.description,
@@ -145,6 +186,9 @@ class ZooEntry:
         "training": None if self.training is None else dict(self.training),
         "provenance": dict(self.provenance),
     }
+    if self.score_threshold is not None:
+      data["score_threshold"] = self.score_threshold.to_dict()
+    return data
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -176,7 +220,7 @@ class ZooEntry:
 
 _REQUIRED = ("zoo_version", "name", "architecture", "input_size", "num_classes")
 _OPTIONAL = ("description", "class_names", "head", "norm_activation", "cost", "weights",
-             "metrics", "training", "provenance")
+             "metrics", "training", "provenance", "score_threshold")
 
 
 def _parse_entry(data: Any) -> ZooEntry:
@@ -214,7 +258,25 @@ def _parse_entry(data: Any) -> ZooEntry:
       metrics=tuple(_mapping(m, f"metrics[{i}]") for i, m in enumerate(_list(data, "metrics"))),
       training=None if data.get("training") is None else _mapping(data["training"], "training"),
       provenance=_mapping(data.get("provenance", {}), "provenance"),
+      score_threshold=(None if data.get("score_threshold") is None else
+                       _parse_score_threshold(data["score_threshold"])),
   )
+
+
+def _parse_score_threshold(data: Any) -> ScoreThreshold:
+  where = "score_threshold"
+  _check_keys(data, ("threshold",), ("method", "weights_sha256", "calibration"), where)
+  threshold = data["threshold"]
+  if not _is_number(threshold) or not 0 < threshold < 1:
+    raise ZooError(f"{where}.threshold: expected a number between 0 and 1 (both excluded), "
+                   f"got {threshold!r}")
+  sha256 = _string(data.get("weights_sha256", ""), f"{where}.weights_sha256")
+  if sha256:
+    _check_sha256(sha256, f"{where}.weights_sha256")
+  return ScoreThreshold(
+      threshold=float(threshold), method=_string(data.get("method", ""), f"{where}.method"),
+      weights_sha256=sha256,
+      calibration=_mapping(data.get("calibration", {}), f"{where}.calibration"))
 
 
 def _parse_weights(data: Any) -> WeightsRecord:
@@ -222,12 +284,16 @@ def _parse_weights(data: Any) -> WeightsRecord:
   if not record.file or "/" in record.file or "\\" in record.file or record.file.startswith("."):
     raise ZooError(f"weights.file: a plain file name in the zoo's weights folder, "
                    f"got {record.file!r}")
-  if not re.fullmatch(r"[0-9a-f]{64}", record.sha256):
-    raise ZooError(f"weights.sha256: expected 64 lower-case hex digits, got {record.sha256!r}")
+  _check_sha256(record.sha256, "weights.sha256")
   if record.format != WEIGHTS_FORMAT:
     raise ZooError(f"weights.format: this SpineSearch reads {WEIGHTS_FORMAT!r}, "
                    f"got {record.format!r}")
   return record
+
+
+def _check_sha256(value: str, where: str) -> None:
+  if not re.fullmatch(r"[0-9a-f]{64}", value):
+    raise ZooError(f"{where}: expected 64 lower-case hex digits, got {value!r}")
 
 
 def _parse_dataclass(cls, data: Any, where: str, required: Tuple[str, ...] = ()):

@@ -109,8 +109,9 @@ def _measured(trained: ZooEntry, dataset: DatasetPaths, config: ProxyConfig, res
       input_size=trained.input_size, measured_here=True,
       weights_sha256=trained.weights.sha256, **metrics,
       evaluator="pycocotools COCOeval via Model Garden COCOEvaluator, through Detector.serve")
+  # A threshold calibrated for the old weights does not suit these: calibrate again.
   return trained.replace(
-      cost=modeling.measure_cost(trained, detector.model),
+      cost=modeling.measure_cost(trained, detector.model), score_threshold=None,
       metrics=(measured,) + tuple(m for m in trained.metrics if not m.get("measured_here")),
       training=dict(
           recipe=config.to_dict(), dataset=dataset_description,

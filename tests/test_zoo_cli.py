@@ -2,6 +2,7 @@
 config that Model Garden builds, measure, and one-line errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,22 +11,13 @@ import pytest
 from PIL import Image
 
 import model_zoo
-from model_zoo import cli, registry
+from model_zoo import registry
 from spinesearch.data import synthetic
-from spinesearch.errors import run_cli
+from spinesearch.space.architecture import Architecture
+from zoo_helpers import run_zoo_cli as _run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTED = "mobile-spinenet-49xs"
-
-
-def _run(argv, capsys):
-  """(exit status, stdout, stderr) of the command run in this process."""
-  try:
-    status = run_cli(cli.main, argv)
-  except SystemExit as e:
-    status = e.code
-  out, err = capsys.readouterr()
-  return status, out, err
 
 
 def test_list_json_summarises_every_entry(capsys):
@@ -50,6 +42,46 @@ def test_info_shows_weights_metrics_and_provenance(capsys):
   assert entry.weights.sha256 in out and "measured here on synthetic" in out
   status, out, _ = _run(["info", WEIGHTED, "--json"], capsys)
   assert json.loads(out) == entry.to_dict()
+
+
+def test_info_architecture_prints_the_architecture_schema(capsys):
+  status, out, _ = _run(["info", WEIGHTED, "--architecture"], capsys)
+  architecture = model_zoo.get_entry(WEIGHTED).architecture
+  assert status == 0 and out == architecture.to_json() + "\n"
+  assert Architecture.from_json(out) == architecture
+
+
+def test_load_architecture_takes_a_name_an_entry_file_or_an_architecture_file(tmp_path):
+  architecture = model_zoo.get_entry(WEIGHTED).architecture
+  arch_file = tmp_path / "arch.json"
+  architecture.save(str(arch_file))
+  for source in (WEIGHTED, registry.entry_path(WEIGHTED), str(arch_file)):
+    assert model_zoo.load_architecture(source) == architecture, source
+  with pytest.raises(model_zoo.ZooError, match=r"^'mobile-spinenet49xs' is neither a file nor "
+                     r"a zoo model name; did you mean mobile-spinenet-49xs, "):
+    model_zoo.load_architecture("mobile-spinenet49xs")
+  with pytest.raises(model_zoo.ZooError, match="no such file"):
+    model_zoo.load_architecture(str(tmp_path / "missing.json"))
+  # A file is judged by what it holds: a broken entry is reported as an entry.
+  broken_entry = tmp_path / "entry.json"
+  broken_entry.write_text(json.dumps(dict(model_zoo.get_entry(WEIGHTED).to_dict(), input_size=0)))
+  with pytest.raises(model_zoo.ZooError, match=r"entry\.json: input_size"):
+    model_zoo.load_architecture(str(broken_entry))
+
+
+def test_library_log_lines_only_with_verbosity(tmp_path):
+  """`config` imports Model Garden: TensorFlow's C++ INFO lines and Python
+  warnings stay off stderr unless -v asks for them."""
+  def config(*extra):
+    return subprocess.run([sys.executable, "-m", "model_zoo", "config", "--model", WEIGHTED,
+                           "--output", str(tmp_path / "experiment.yaml"), *extra],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+  quiet = config()
+  assert quiet.returncode == 0 and quiet.stderr == ""
+  verbose = config("-v", "0")
+  assert verbose.returncode == 0
+  # TensorFlow's C++ logging writes INFO lines at import ("2025-01-01 12:00:00.1: I ...").
+  assert re.search(r"^\S+ \S+: I \S+\.cc:\d+\]", verbose.stderr, re.MULTILINE), verbose.stderr
 
 
 def test_a_wrong_name_is_one_line_with_close_matches():

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import model_zoo
-from model_zoo import registry
+from model_zoo import calibration, evaluation, registry
 from model_zoo.entry import ZooError
 from spinesearch.data import synthetic
 
@@ -33,24 +33,11 @@ def scenes(detector):
   return [synthetic.render_scene(detector.input_size, rng) for _ in range(16)]
 
 
-def _iou(a, b) -> float:
-  height = min(a[2], b[2]) - max(a[0], b[0])
-  width = min(a[3], b[3]) - max(a[1], b[1])
-  inter = max(height, 0) * max(width, 0)
-  return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def _recall(results, scenes) -> float:
   """Share of objects with a detection of their class at IoU >= 0.5."""
-  found = total = 0
-  for result, (_, objects) in zip(results, scenes):
-    for obj in objects:
-      x, y, w, h = obj.bbox
-      truth = (y, x, y + h, x + w)
-      total += 1
-      found += any(_iou(box, truth) >= 0.5 and label == obj.category_id
-                   for box, label in zip(result["boxes"], result["classes"]))
-  return found / total
+  return calibration.combine(
+      calibration.match_image(result, *calibration.scene_truth(objects))
+      for result, (_, objects) in zip(results, scenes)).at(0.0)["recall"]
 
 
 def test_the_weighted_entries_are_the_small_ones():
@@ -59,7 +46,8 @@ def test_the_weighted_entries_are_the_small_ones():
 
 
 def test_a_trained_entry_finds_the_objects_of_new_synthetic_images(detector, scenes):
-  results = detector.predict(np.stack([image for image, _ in scenes]))
+  # Every detection: the threshold's effect is tests/test_zoo_calibration.py's.
+  results = detector.predict(np.stack([image for image, _ in scenes]), min_score=0.0)
   assert len(results) == len(scenes)
   recall = _recall(results, scenes)
   # Chance: the same detections scored against the objects of other images.
@@ -85,8 +73,8 @@ def test_boxes_are_in_the_pixels_of_the_image_given(detector, scenes):
     for box, label in list(zip(small["boxes"], small["classes"]))[:5]:
       if box[3] < 88:
         compared += 1
-        assert any(_iou(2 * box, other) > 0.7 and label == other_label
-                   for other, other_label in zip(big["boxes"], big["classes"]))
+        assert evaluation.matches(big["boxes"], big["classes"], [2 * box], [label],
+                                  iou_threshold=0.7).any()
   assert compared > 0
 
 
