@@ -4,13 +4,17 @@
       [--num_architectures=10] [--long_train_factor=4] [--repeats=3] [--json]
 
 Samples `--num_architectures` architectures from the search space the flagfile
-describes, and trains each with the search's proxy (preset and overrides) and
-with a longer schedule (`--long_train_factor` times the steps, or another
-`--long_preset`). It also scores each with the zero-shot reward when that is
-registered, and trains the first architecture `--repeats` times with
-different seeds. It reports
+describes (`--include_reference`: the first two are SpineNet-49 and its
+scale-decreased ordering), scores each with the search's reward and trains
+each with a longer schedule (`--long_train_factor` times the proxy's steps,
+`--long_train_steps`, or another `--long_preset`). The search's reward is its
+proxy (preset and overrides), or with `--reward=oneshot` the one-shot AP on
+its supernet; the long schedule then trains stand-alone from scratch with the
+supernet's proxy settings and data. It also scores each with the zero-shot
+reward when that is registered, and scores the first architecture `--repeats`
+times with different seeds. It reports
 
-  * Kendall's tau between the proxy's and the long schedule's AP rankings
+  * Kendall's tau between the reward's and the long schedule's AP rankings
     (1: the same order, 0: unrelated),
   * Kendall's tau between the zero-shot score and the long schedule's AP,
   * the coefficient of variation (std / mean) of AP over the repeats: seed
@@ -24,8 +28,6 @@ written to the JSON as it finishes, so running the same command again after a
 stop evaluates only what is missing.
 """
 import contextlib
-import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -35,11 +37,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app, flags
 
-from spinesearch import controller, evaluate
+from spinesearch import controller, evaluate, logs
 from spinesearch.errors import ConfigError, parse_absl_flags, run_cli
+from spinesearch.jobs import (Job, fingerprint, proxy_schedule, reference_architectures,
+                              reseeded, reward_of, run_jobs)
 from spinesearch.proxy.config import ProxyConfig
 from spinesearch.runners.registry import build_runner
-from spinesearch.files import write_text_atomically
 from spinesearch.space.registry import build_space
 
 flags.DEFINE_integer("num_architectures", 10, "Architectures sampled from the space.",
@@ -47,6 +50,12 @@ flags.DEFINE_integer("num_architectures", 10, "Architectures sampled from the sp
 flags.DEFINE_float("long_train_factor", 4.0,
                    "The long schedule trains this many times the proxy's steps (or epochs).",
                    lower_bound=1.0)
+flags.DEFINE_integer("long_train_steps", None,
+                     "The long schedule trains this many steps (instead of "
+                     "--long_train_factor; its warm-up scales with it).", lower_bound=1)
+flags.DEFINE_boolean("include_reference", False,
+                     "Architectures 0 and 1 are SpineNet-49 and the scale-decreased ordering "
+                     "of its blocks (spaces with SpineNet blocks); the rest are sampled.")
 flags.DEFINE_string("long_preset", None,
                     "Train the long schedule with this proxy preset instead (e.g. paper); "
                     "--long_train_factor then applies to that preset's schedule.")
@@ -60,14 +69,6 @@ FLAGS = flags.FLAGS
 RESULTS_FILE = "proxy_check.json"
 PLOT_FILE = "proxy_check.png"
 ZERO_SHOT_REWARD = "zero_shot"
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-  """One evaluation: an architecture under one schedule (and seed)."""
-  key: str
-  arch_index: int
-  request: Dict[str, Any]
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
@@ -109,87 +110,50 @@ def coefficient_of_variation(values: Sequence[float]) -> Optional[float]:
 
 def plan_jobs(space, proxy: Dict[str, Any], dataset: Dict[str, Any], *, seed: int,
               num_architectures: int, long_preset: Optional[str], long_train_factor: float,
-              repeats: int, zero_shot: Optional[Dict[str, Any]]) -> List[Job]:
+              repeats: int, zero_shot: Optional[Dict[str, Any]],
+              reward: Optional[Dict[str, Any]] = None, long_train_steps: Optional[int] = None,
+              include_reference: bool = False) -> List[Job]:
   """Every evaluation the check needs, with keys that name them. `zero_shot`:
-  the ZenSettings fields of the zero-shot job (None: no zero-shot job)."""
-  rng = random.Random(f"proxy-check-{seed}")
-  long_proxy = _long_schedule(proxy, long_preset, long_train_factor)
+  the ZenSettings fields of the zero-shot job (None: no zero-shot job).
+  `reward`: the search's reward settings when it is not the proxy (the
+  one-shot reward); its repeats change the trial seed."""
+  long_proxy = proxy_schedule(proxy, long_preset, long_train_factor, long_train_steps)
   jobs = []
-  for index in range(num_architectures):
-    decisions = space.sample(rng)
+  for index, (architecture, decisions) in enumerate(
+      _architectures(space, seed, num_architectures, include_reference)):
     base = {"seed": seed, "decisions": decisions, "space": space.config(),
-            "architecture": space.decode(decisions).to_dict()}
+            "architecture": architecture.to_dict()}
 
-    def job(kind, reward, index=index, base=base):
-      jobs.append(Job(f"{kind}/{index}", index, dict(base, reward=reward)))
+    def job(kind, reward, index=index, base=base, **changes):
+      jobs.append(Job(f"{kind}/{index}", index, dict(base, reward=reward, **changes)))
 
-    job("proxy", {"type": "proxy", "proxy": proxy, "dataset": dataset, "cost": None})
+    short = (dict(reward, cost=None) if reward is not None else
+             {"type": "proxy", "proxy": proxy, "dataset": dataset, "cost": None})
+    job("proxy", short)
     job("long", {"type": "proxy", "proxy": long_proxy, "dataset": dataset, "cost": None})
     if zero_shot is not None:
       job("zero_shot", {"type": ZERO_SHOT_REWARD, "proxy": proxy, "zero_shot": zero_shot,
                         "cost": None})
     if index == 0:
       for repeat in range(1, repeats):
-        reseeded = dict(proxy, overrides=dict(proxy["overrides"], seed=seed + repeat))
-        job(f"repeat{repeat}", {"type": "proxy", "proxy": reseeded, "dataset": dataset,
-                                "cost": None})
+        if reward is not None:
+          job(f"repeat{repeat}", short, seed=seed + repeat)
+        else:
+          job(f"repeat{repeat}", {"type": "proxy", "proxy": reseeded(proxy, seed + repeat),
+                                  "dataset": dataset, "cost": None})
   return jobs
 
 
-def _long_schedule(proxy: Dict[str, Any], long_preset: Optional[str],
-                   factor: float) -> Dict[str, Any]:
-  preset = long_preset or proxy["preset"]
-  overrides = dict(proxy["overrides"])
-  if long_preset:  # another preset keeps only the seed of the search's overrides
-    overrides = {"seed": overrides.get("seed", 0)}
-  config = ProxyConfig.from_preset(preset, **overrides)
-  if config.train_epochs:
-    overrides["train_epochs"] = config.train_epochs * factor
-  else:
-    overrides["train_steps"] = max(1, round(config.train_steps * factor))
-    overrides["warmup_steps"] = round(config.warmup_steps * factor)
-  return {"preset": preset, "overrides": overrides}
-
-
-def run_jobs(jobs: List[Job], runner, results_path: str, fingerprint: str,
-             out=sys.stderr) -> Dict[str, Dict[str, Any]]:
-  """Evaluates the jobs not yet in `results_path`; writes each outcome there
-  as it comes."""
-  results = _load_results(results_path, fingerprint)
-  pending = [j for j in jobs if j.key not in results]
-  by_id = {}
-  try:
-    while pending or by_id:
-      while pending and runner.free_slots() > 0:
-        job = pending.pop(0)
-        trial_id = len(results) + len(by_id) + 1
-        runner.submit(trial_id, dict(job.request, trial_id=trial_id))
-        by_id[trial_id] = job
-      for outcome in runner.poll(1.0):
-        job = by_id.pop(outcome.trial_id)
-        results[job.key] = {"status": outcome.status, "reward": outcome.reward,
-                            "metrics": outcome.metrics, "error": outcome.error}
-        write_text_atomically(results_path, json.dumps(
-            {"fingerprint": fingerprint, "results": results}, indent=1) + "\n")
-        note = f"{outcome.reward:.4f}" if outcome.status == "done" else f"failed: {outcome.error}"
-        print(f"[{len(results)}/{len(jobs)}] {job.key}: {note}", file=out, flush=True)
-  finally:
-    runner.shutdown()
-  return results
-
-
-def _load_results(path: str, fingerprint: str) -> Dict[str, Dict[str, Any]]:
-  if not os.path.exists(path):
-    return {}
-  try:
-    with open(path) as f:
-      stored = json.load(f)
-    results, stored_fingerprint = stored["results"], stored["fingerprint"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ConfigError(f"{path}: not a proxy_check results file ({e}); move it away") from e
-  if stored_fingerprint != fingerprint:
-    raise ConfigError(f"{path}: holds a check with other settings; use another --output_dir")
-  return results
+def _architectures(space, seed: int, count: int, include_reference: bool):
+  """(architecture, decisions) to check: sampled with the check's own seed,
+  after SpineNet-49 and its scale-decreased ordering when asked
+  (`jobs.reference_architectures`)."""
+  chosen = reference_architectures(space) if include_reference else []
+  rng = random.Random(f"proxy-check-{seed}")
+  while len(chosen) < count:
+    decisions = space.sample(rng)
+    chosen.append((space.decode(decisions), decisions))
+  return chosen[:count]
 
 
 # ---- the report -----------------------------------------------------------------------
@@ -205,13 +169,14 @@ def summarize(jobs: List[Job], results: Dict[str, Dict[str, Any]],
     metrics = (short or {}).get("metrics") or {}
     rows.append({
         "arch": index,
-        "proxy_ap": _reward(short), "long_ap": _reward(long), "zero_shot": _reward(zero_shot),
+        "proxy_ap": reward_of(short), "long_ap": reward_of(long),
+        "zero_shot": reward_of(zero_shot),
         "multiply_adds_g": _giga(metrics.get("multiply_adds")),
         "params_m": (metrics["params"] / 1e6) if metrics.get("params") else None,
         "errors": [r["error"] for r in (short, long, zero_shot) if r and r["status"] != "done"],
     })
-  repeat_aps = [_reward(results.get("proxy/0"))] + [
-      _reward(results.get(f"repeat{r}/0")) for r in range(1, repeats)]
+  repeat_aps = [reward_of(results.get("proxy/0"))] + [
+      reward_of(results.get(f"repeat{r}/0")) for r in range(1, repeats)]
   repeat_aps = [ap for ap in repeat_aps if ap is not None]
   return {
       "rows": rows,
@@ -220,10 +185,6 @@ def summarize(jobs: List[Job], results: Dict[str, Dict[str, Any]],
       "repeat_aps": repeat_aps,
       "ap_coefficient_of_variation": coefficient_of_variation(repeat_aps),
   }
-
-
-def _reward(result: Optional[Dict[str, Any]]) -> Optional[float]:
-  return result["reward"] if result and result["status"] == "done" else None
 
 
 def _giga(value: Optional[float]) -> Optional[float]:
@@ -242,7 +203,8 @@ def format_table(summary: Dict[str, Any]) -> str:
   def cell(value, spec):
     return format(value, spec) if value is not None else "-"
 
-  lines = [f"{'arch':>4}  {'proxy AP':>9}  {'long AP':>9}  {'zero-shot':>10}  "
+  label = "one-shot" if summary.get("reward") == "oneshot" else "proxy AP"
+  lines = [f"{'arch':>4}  {label:>9}  {'long AP':>9}  {'zero-shot':>10}  "
            f"{'G mult-adds':>11}  {'params M':>8}"]
   for r in summary["rows"]:
     lines.append(f"{r['arch']:>4}  {cell(r['proxy_ap'], '9.4f')}  {cell(r['long_ap'], '9.4f')}  "
@@ -252,7 +214,7 @@ def format_table(summary: Dict[str, Any]) -> str:
       lines.append(f"      failed: {error}")
   cv = summary["ap_coefficient_of_variation"]
   lines += [
-      f"Kendall tau, proxy AP vs long AP:   {cell(summary['kendall_tau_proxy_vs_long'], '.3f')}",
+      f"Kendall tau, {label} vs long AP:   {cell(summary['kendall_tau_proxy_vs_long'], '.3f')}",
       f"Kendall tau, zero-shot vs long AP:  {cell(summary['kendall_tau_zero_shot_vs_long'], '.3f')}",
       f"AP over {len(summary['repeat_aps'])} seeds of arch 0: "
       + ", ".join(f"{ap:.4f}" for ap in summary["repeat_aps"])
@@ -304,16 +266,19 @@ def _main(argv: List[str]) -> int:
                    num_architectures=FLAGS.num_architectures, long_preset=long_preset,
                    long_train_factor=FLAGS.long_train_factor, repeats=FLAGS.repeats,
                    zero_shot=(settings.get("zero_shot") or {}
-                              if ZERO_SHOT_REWARD in evaluate.REWARD_TYPES else None))
+                              if ZERO_SHOT_REWARD in evaluate.REWARD_TYPES else None),
+                   reward=settings if FLAGS.reward != "proxy" else None,
+                   long_train_steps=FLAGS.long_train_steps,
+                   include_reference=FLAGS.include_reference)
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.search_dir or ".", "proxy_check")
   os.makedirs(output_dir, exist_ok=True)
-  fingerprint = hashlib.sha256(json.dumps([j.request for j in jobs], sort_keys=True)
-                               .encode()).hexdigest()[:16]
   runner = build_runner(FLAGS.runner, max_parallel=FLAGS.max_parallel_trials,
                         timeout_s=FLAGS.trial_timeout_s, search_dir=output_dir)
-  results = run_jobs(jobs, runner, os.path.join(output_dir, RESULTS_FILE), fingerprint)
+  results = run_jobs(jobs, runner, os.path.join(output_dir, RESULTS_FILE),
+                     fingerprint([j.request for j in jobs]))
   summary = summarize(jobs, results, FLAGS.repeats)
   summary["output_dir"] = output_dir
+  summary["reward"] = FLAGS.reward
   plot(summary, os.path.join(output_dir, PLOT_FILE))
   if FLAGS.json:
     print(json.dumps(summary, indent=2))
@@ -325,6 +290,7 @@ def _main(argv: List[str]) -> int:
 
 
 def main(argv: List[str]) -> int:
+  logs.configure()
   return run_cli(_main, argv)
 
 

@@ -30,7 +30,8 @@ import math
 import os
 import sqlite3
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+import urllib.parse
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -132,10 +133,7 @@ class TrialStore:
 
   def metadata(self) -> Optional[Dict[str, Any]]:
     """The search's metadata, or None for a store no search was created in."""
-    rows = self._conn.execute("SELECT key, value FROM search").fetchall()
-    if not rows:
-      return None
-    return {key: json.loads(value) for key, value in rows}
+    return _read_metadata(self._conn)
 
   def create_search(self, metadata: Dict[str, Any]) -> None:
     """Records what defines the search; once per store."""
@@ -253,6 +251,34 @@ class TrialStore:
     conn.execute(
         "INSERT OR REPLACE INTO checkpoint (id, state, observed_ids, saved) VALUES (1, ?, ?, ?)",
         (encode_state(state), json.dumps(observed), time.time()))
+
+
+def read_search(search_dir: str) -> Tuple[Optional[Dict[str, Any]], List[Trial]]:
+  """(metadata, trials by id) of the search in `search_dir`, read-only and
+  without its lock: a running driver is not disturbed, and what is read is
+  the state after its last committed write. Metadata is None for a store no
+  search was created in."""
+  path = os.path.join(search_dir, DB_NAME)
+  if not os.path.isfile(path):
+    raise ConfigError(f"{search_dir}: no search here (no {DB_NAME})")
+  try:
+    conn = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro",
+                           uri=True)
+    try:
+      metadata = _read_metadata(conn)
+      rows = conn.execute(f"SELECT {_COLUMNS} FROM trials ORDER BY id").fetchall()
+    finally:
+      conn.close()
+  except sqlite3.DatabaseError as e:
+    raise ConfigError(f"{path}: not a readable trial store ({e})") from None
+  return metadata, [_trial_from_row(r) for r in rows]
+
+
+def _read_metadata(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+  rows = conn.execute("SELECT key, value FROM search").fetchall()
+  if not rows:
+    return None
+  return {key: json.loads(value) for key, value in rows}
 
 
 # ---- state encoding: JSON, with numpy arrays kept exactly --------------------------

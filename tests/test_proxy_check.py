@@ -62,6 +62,31 @@ def test_the_plan_has_both_schedules_the_zero_shot_score_and_reseeded_repeats():
   assert [j.request for j in again] == [j.request for j in jobs]
 
 
+def test_a_oneshot_plan_scores_on_the_supernet_and_trains_stand_alone_for_long():
+  from spinesearch.space import known
+  from spinesearch.space.registry import build_space
+  space = build_space("spinenet")
+  proxy = {"preset": "quickstart", "overrides": {"batch_size": 16}}
+  reward = {"type": "oneshot", "oneshot": {"supernet": "/sn", "bn_batches": 8},
+            "proxy": proxy, "dataset": {"train_pattern": "x"}, "cost": {"target": 1.0}}
+  jobs = plan_jobs(space, proxy, reward["dataset"], seed=3, num_architectures=4,
+                   long_preset=None, long_train_factor=4, repeats=3, zero_shot=None,
+                   reward=reward, long_train_steps=2000, include_reference=True)
+  by_key = {j.key: j.request for j in jobs}
+  assert by_key["proxy/0"]["architecture"] == known.spinenet49().to_dict()
+  assert by_key["proxy/1"]["architecture"] == known.scale_decreased(known.spinenet49()).to_dict()
+  assert by_key["proxy/1"]["decisions"] == []  # not a decision sequence of the space
+  assert space.decode(by_key["proxy/2"]["decisions"]).to_dict() == \
+      by_key["proxy/2"]["architecture"]
+  assert by_key["proxy/3"]["reward"] == dict(reward, cost=None)
+  long = by_key["long/3"]["reward"]
+  assert long["type"] == "proxy" and long["proxy"]["overrides"]["train_steps"] == 2000
+  assert long["proxy"]["overrides"]["batch_size"] == 16
+  # Repeats of the one-shot score change the trial's seed, not the proxy's.
+  assert [by_key[f"repeat{r}/0"]["seed"] for r in (1, 2)] == [4, 5]
+  assert by_key["repeat1/0"]["reward"] == by_key["proxy/0"]["reward"]
+
+
 def test_summary_table_and_plot_from_results(tmp_path):
   from spinesearch.space.registry import build_space
   jobs = plan_jobs(build_space("spinenet"), {"preset": "tiny", "overrides": {}}, {}, seed=0,
