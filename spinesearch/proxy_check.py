@@ -56,6 +56,11 @@ flags.DEFINE_integer("long_train_steps", None,
 flags.DEFINE_boolean("include_reference", False,
                      "Architectures 0 and 1 are SpineNet-49 and the scale-decreased ordering "
                      "of its blocks (spaces with SpineNet blocks); the rest are sampled.")
+flags.DEFINE_integer("near_reference_mutations", None,
+                     "Sample the architectures near the first reference (SpineNet-49, "
+                     "NAS-FPN) instead of uniformly: each with 1 to this many decisions "
+                     "re-sampled, as a supernet trained with --sampling=around_reference "
+                     "draws its paths.", lower_bound=1)
 flags.DEFINE_string("long_preset", None,
                     "Train the long schedule with this proxy preset instead (e.g. paper); "
                     "--long_train_factor then applies to that preset's schedule.")
@@ -112,15 +117,18 @@ def plan_jobs(space, proxy: Dict[str, Any], dataset: Dict[str, Any], *, seed: in
               num_architectures: int, long_preset: Optional[str], long_train_factor: float,
               repeats: int, zero_shot: Optional[Dict[str, Any]],
               reward: Optional[Dict[str, Any]] = None, long_train_steps: Optional[int] = None,
-              include_reference: bool = False) -> List[Job]:
+              include_reference: bool = False,
+              near_reference_mutations: Optional[int] = None) -> List[Job]:
   """Every evaluation the check needs, with keys that name them. `zero_shot`:
   the ZenSettings fields of the zero-shot job (None: no zero-shot job).
   `reward`: the search's reward settings when it is not the proxy (the
-  one-shot reward); its repeats change the trial seed."""
+  one-shot reward); its repeats change the trial seed.
+  `near_reference_mutations`: see `_architectures`."""
   long_proxy = proxy_schedule(proxy, long_preset, long_train_factor, long_train_steps)
   jobs = []
   for index, (architecture, decisions) in enumerate(
-      _architectures(space, seed, num_architectures, include_reference)):
+      _architectures(space, seed, num_architectures, include_reference,
+                     near_reference_mutations)):
     base = {"seed": seed, "decisions": decisions, "space": space.config(),
             "architecture": architecture.to_dict()}
 
@@ -144,14 +152,27 @@ def plan_jobs(space, proxy: Dict[str, Any], dataset: Dict[str, Any], *, seed: in
   return jobs
 
 
-def _architectures(space, seed: int, count: int, include_reference: bool):
+def _architectures(space, seed: int, count: int, include_reference: bool,
+                   near_reference_mutations: Optional[int] = None):
   """(architecture, decisions) to check: sampled with the check's own seed,
   after SpineNet-49 and its scale-decreased ordering when asked
-  (`jobs.reference_architectures`)."""
-  chosen = reference_architectures(space) if include_reference else []
+  (`jobs.reference_architectures`); uniformly from the space, or with
+  `near_reference_mutations` as distinct mutations of the first reference."""
+  from spinesearch.algorithms.evolution import near
+  references = reference_architectures(space)
+  chosen = list(references) if include_reference else []
   rng = random.Random(f"proxy-check-{seed}")
-  while len(chosen) < count:
-    decisions = space.sample(rng)
+  seen = {tuple(d) for _, d in chosen}
+  for _ in range(1000 * count):
+    if len(chosen) >= count:
+      break
+    if near_reference_mutations:
+      decisions = near(space, references[0][1], rng, near_reference_mutations, 1)
+    else:
+      decisions = space.sample(rng)
+    if near_reference_mutations and tuple(decisions) in seen:
+      continue
+    seen.add(tuple(decisions))
     chosen.append((space.decode(decisions), decisions))
   return chosen[:count]
 
@@ -269,7 +290,8 @@ def _main(argv: List[str]) -> int:
                               if ZERO_SHOT_REWARD in evaluate.REWARD_TYPES else None),
                    reward=settings if FLAGS.reward != "proxy" else None,
                    long_train_steps=FLAGS.long_train_steps,
-                   include_reference=FLAGS.include_reference)
+                   include_reference=FLAGS.include_reference,
+                   near_reference_mutations=FLAGS.near_reference_mutations)
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.search_dir or ".", "proxy_check")
   os.makedirs(output_dir, exist_ok=True)
   runner = build_runner(FLAGS.runner, max_parallel=FLAGS.max_parallel_trials,

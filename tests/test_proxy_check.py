@@ -151,3 +151,19 @@ def test_a_reward_that_trains_nothing_is_refused(tmp_path):
   done = run_check("--reward=target_similarity", f"--output_dir={tmp_path}")
   assert done.returncode == 2
   assert done.stderr.count("\n") == 1 and "trains nothing" in done.stderr
+
+
+def test_architectures_near_the_reference_are_distinct_neighbours_of_spinenet49():
+  from spinesearch.space import known
+  from spinesearch.space.registry import build_space
+  space = build_space("spinenet")
+  base = space.encode(known.spinenet49())
+  jobs = plan_jobs(space, {"preset": "tiny", "overrides": {}}, {"train_pattern": "x"}, seed=0,
+                   num_architectures=8, long_preset=None, long_train_factor=2, repeats=1,
+                   zero_shot=None, include_reference=True, near_reference_mutations=3)
+  decisions = [j.request["decisions"] for j in jobs if j.key.startswith("proxy/")]
+  assert decisions[0] == base and decisions[1] == []
+  sampled = decisions[2:]
+  assert len({tuple(d) for d in sampled}) == 6 and base not in sampled
+  # 1-3 mutations, each of which may force a few repairs after it.
+  assert all(0 < sum(a != b for a, b in zip(base, d)) <= 12 for d in sampled)

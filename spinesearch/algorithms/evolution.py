@@ -47,6 +47,13 @@ def mutate(space: SearchSpace, decisions: Sequence[int], rng: random.Random,
   return child
 
 
+def near(space: SearchSpace, decisions: Sequence[int], rng: random.Random, max_mutations: int,
+         min_mutations: int = 0) -> List[int]:
+  """`decisions` mutated a number of times drawn uniformly from
+  [min_mutations, max_mutations]: a random point of its neighbourhood."""
+  return mutate(space, decisions, rng, rng.randint(min_mutations, max_mutations))
+
+
 class RegularizedEvolution(SearchAlgorithm):
   """Tournament selection of size `sample_size` in an aging population."""
 

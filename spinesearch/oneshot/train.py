@@ -344,9 +344,9 @@ def reference_architecture(space: str) -> Architecture:
 def near_reference(space, space_name: str, rng, max_mutations: int) -> Architecture:
   """The space's published point with 0 to `max_mutations` decisions
   re-sampled, the count uniform (as regularized evolution mutates)."""
-  from spinesearch.algorithms.evolution import mutate
+  from spinesearch.algorithms.evolution import near
   base = space.encode(reference_architecture(space_name))
-  return space.decode(mutate(space, base, rng, rng.randint(0, max_mutations)))
+  return space.decode(near(space, base, rng, max_mutations))
 
 
 def _rng_state(state) -> tuple:
