@@ -1,6 +1,6 @@
 """Does the proxy task rank architectures the way longer training does?
 
-  python -m spinesearch.proxy_check --flagfile=configs/search/quickstart.flags \
+  python -m spinesearch.proxy_check --flagfile=configs/search/proxy.flags \
       [--num_architectures=10] [--long_train_factor=4] [--repeats=3] [--json]
 
 Samples `--num_architectures` architectures from the search space the flagfile
