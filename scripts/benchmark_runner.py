@@ -53,7 +53,7 @@ from absl import app, flags
 import spinesearch  # noqa: F401  (the TensorFlow environment first)
 from spinesearch import evaluate
 from spinesearch.driver import SearchDriver, SearchSettings
-from spinesearch.errors import ConfigError, run_cli
+from spinesearch.errors import ConfigError, check_choices, run_cli
 from spinesearch.runners.base import Runner, TrialOutcome
 from spinesearch.runners.local import ISOLATIONS, LocalRunner
 from spinesearch.space.registry import build_space
@@ -275,10 +275,7 @@ def main(argv) -> None:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   for name, given, known in (("runners", FLAGS.runners, _RUNNERS),
                              ("isolations", FLAGS.isolations, ISOLATIONS)):
-    unknown = [value for value in given if value not in known]
-    if unknown or not given:
-      raise ConfigError(f"--{name}: choose from {', '.join(known)}; got "
-                        f"{','.join(given) or 'none'}")
+    check_choices(name, given, known)
   if FLAGS.trials < 1 or FLAGS.parallel < 1 or FLAGS.process_repeats < 1:
     raise ConfigError("--trials, --parallel and --process_repeats must be positive")
   if not 0 <= FLAGS.min_sleep_s <= FLAGS.max_sleep_s:

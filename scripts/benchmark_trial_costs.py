@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Sequence
 
 from absl import app, flags
 
-from spinesearch.errors import ConfigError, run_cli
+from spinesearch.errors import ConfigError, check_choices, run_cli
 from spinesearch.phases import PHASES
 from spinesearch.runners.local import ISOLATIONS
 
@@ -145,10 +145,7 @@ def main(argv) -> None:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   for name, given, known in (("rewards", FLAGS.rewards, REWARDS),
                              ("isolations", FLAGS.isolations, ISOLATIONS)):
-    unknown = [value for value in given if value not in known]
-    if unknown or not given:
-      raise ConfigError(f"--{name}: choose from {', '.join(known)}; got "
-                        f"{','.join(given) or 'none'}")
+    check_choices(name, given, known)
   if FLAGS.trials < 2:
     raise ConfigError(f"--trials={FLAGS.trials}: need at least 2 (the first trial is "
                       f"reported apart)")

@@ -26,6 +26,15 @@ class ConfigError(UserError, ValueError):
 EXIT_USER_ERROR = 2
 
 
+def check_choices(name: str, given, known) -> None:
+  """Refuses a list flag `--name` that is empty or names a value not in
+  `known`."""
+  unknown = [value for value in given if value not in known]
+  if unknown or not given:
+    raise ConfigError(f"--{name}: choose from {', '.join(known)}; got "
+                      f"{','.join(given) or 'none'}")
+
+
 def fail(message: str) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(EXIT_USER_ERROR)
