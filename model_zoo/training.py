@@ -8,6 +8,8 @@ separable head and swish). The weights are then stored as float16, loaded
 back through their hash check and evaluated with pycocotools through the
 serving path, so the AP an entry records is the AP of the file it ships.
 """
+import dataclasses
+import json
 import os
 import time
 from typing import Callable, Dict, Optional
@@ -21,6 +23,7 @@ from model_zoo import weights as weights_lib
 from model_zoo.entry import ZooEntry, ZooError
 from spinesearch.data.dataset import DatasetPaths
 from spinesearch.proxy import ProxyConfig
+from spinesearch.proxy.checkpoint import TrainingCheckpoint
 from spinesearch.proxy.task import ProxyTask
 from spinesearch.space.architecture import Architecture
 
@@ -64,15 +67,29 @@ def adapt_to_dataset(entry: ZooEntry, dataset: DatasetPaths) -> ZooEntry:
   return entry.replace(num_classes=dataset.num_classes, class_names=dataset.class_names)
 
 
+def checkpoint_fingerprint(entry: ZooEntry, config: ProxyConfig,
+                           dataset_description: Dict) -> str:
+  """What a training checkpoint must match to be resumed: the entry's
+  architecture and head, the recipe and the data."""
+  return json.dumps(dict(entry=entry.name, architecture=entry.architecture.fingerprint(),
+                         head=dataclasses.asdict(entry.head), recipe=config.to_dict(),
+                         dataset=dataset_description), sort_keys=True)
+
+
 def train_entry(entry: ZooEntry, dataset: DatasetPaths, config: ProxyConfig, *,
                 zoo_dir: Optional[str] = None, dataset_description: Dict = None,
-                progress: Optional[Progress] = None) -> ZooEntry:
+                progress: Optional[Progress] = None,
+                checkpoint: Optional[TrainingCheckpoint] = None) -> ZooEntry:
   """Trains `entry` on `dataset`, writes its weights into the zoo's weights
   folder and the updated entry (weights, cost, metrics, training record)
-  into its entries folder; returns the updated entry."""
+  into its entries folder; returns the updated entry. With `checkpoint`,
+  training resumes from it and saves to it (TrainingStopped on SIGTERM or
+  Ctrl-C); it is removed once the entry is written."""
   entry = adapt_to_dataset(entry, dataset)
   start = time.perf_counter()
-  model, result = EntryTrainingTask(config, dataset, entry).fit(entry.architecture, progress)
+  task = EntryTrainingTask(config, dataset, entry)
+  task.checkpoint = checkpoint
+  model, result = task.fit(entry.architecture, progress)
   if not result.ok:
     raise ZooError(f"training {entry.name} failed: {result.error}")
   folder = registry.weights_dir(zoo_dir)
@@ -89,6 +106,8 @@ def train_entry(entry: ZooEntry, dataset: DatasetPaths, config: ProxyConfig, *,
       os.unlink(os.path.join(folder, record.file))
     raise
   trained.save(registry.entry_path(entry.name, zoo_dir))
+  if checkpoint:
+    checkpoint.remove()
   if previous and previous.file != record.file and previous.file.startswith(f"{entry.name}-"):
     old = os.path.join(folder, previous.file)
     if os.path.exists(old):

@@ -15,6 +15,11 @@ entry's own model. The weights are written to `<zoo>/weights/` as float16
 `.npz` named by their hash, and the entry JSON (weights, sha256, size, cost,
 pycocotools metrics of the stored weights on the validation split, training
 record) is replaced atomically. The entry takes the dataset's classes.
+
+Training is resumable: it checkpoints every `--checkpoint_every_s` seconds and
+on SIGTERM or Ctrl-C into `--checkpoint_dir` (a file per entry and settings);
+the same command continues from the last checkpoint. Run long trainings in
+the background, e.g. `nohup python scripts/train_zoo_model.py ... > log 2>&1 &`.
 """
 import argparse
 import os
@@ -54,6 +59,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--learning_rate", type=float, default=None)
   parser.add_argument("--warmup_steps", type=int, default=None)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--checkpoint_dir", default=None,
+                      help="where the resumable training checkpoint goes "
+                           "(default: <cache_dir>/zoo_training)")
+  parser.add_argument("--checkpoint_every_s", type=float, default=300.0,
+                      help="seconds between checkpoints")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="other proxy recipe settings (JSON values), repeatable")
   args = parser.parse_args(argv)
@@ -113,8 +123,22 @@ def main(argv: Sequence[str]) -> int:
       print(f"{entry.name}: step {step}/{steps} loss {loss:.4f} "
             f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
-  trained = training.train_entry(entry, data, config, zoo_dir=args.zoo_dir,
-                                 dataset_description=description, progress=progress)
+  from spinesearch.data import dataset
+  from spinesearch.proxy import checkpoint as checkpoint_lib
+  folder = args.checkpoint_dir or os.path.join(args.cache_dir or dataset.default_cache_dir(),
+                                               "zoo_training")
+  fingerprint = training.checkpoint_fingerprint(training.adapt_to_dataset(entry, data), config,
+                                                description)
+  checkpoint = checkpoint_lib.TrainingCheckpoint(
+      checkpoint_lib.default_path(folder, entry.name, fingerprint), fingerprint,
+      every_s=args.checkpoint_every_s)
+  try:
+    trained = training.train_entry(entry, data, config, zoo_dir=args.zoo_dir,
+                                   dataset_description=description, progress=progress,
+                                   checkpoint=checkpoint)
+  except checkpoint_lib.TrainingStopped as e:
+    print(f"{entry.name}: {e}", file=sys.stderr)
+    return 130
   measured = trained.metric_measured_here()
   print(f"{trained.name}: AP {measured['ap']:.4f} AP50 {measured['ap50']:.4f} "
         f"AR@100 {measured['ar100']:.4f} on {measured['num_images']} validation images; "

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, TextIO
@@ -36,6 +35,7 @@ from spinesearch.oneshot import bank, keys
 from spinesearch.oneshot.config import (CHECKPOINT_FILE, FORMAT_VERSION, WEIGHTS_FILE,
                                         SupernetConfig, read_meta, write_meta)
 from spinesearch.progress import ScalarEvents, format_duration
+from spinesearch.proxy.checkpoint import StopFlag
 from spinesearch.space.architecture import Architecture
 
 _STATE_KEY = "__state__"
@@ -201,7 +201,7 @@ class SupernetTrainer:
     c, o = self.config, self.options
     total = c.train_steps
     events = ScalarEvents(os.path.join(self.folder, "tensorboard"))
-    stop = _StopFlag()
+    stop = StopFlag()
     self._print(f"supernet {self.folder}: {c.space} space, {len(self._restored)} "
                 f"weights restored, step {self.step}/{total}, pool of {c.pool_size} paths, "
                 f"a new path every {c.path_steps} steps, {self.dataset.num_train} training "
@@ -353,27 +353,3 @@ def _rng_state(state) -> tuple:
   # JSON turns the state's tuples into lists.
   version, internal, gauss = state
   return version, tuple(internal), gauss
-
-
-class _StopFlag:
-  """SIGTERM and Ctrl-C ask the loop to checkpoint and stop."""
-
-  def __init__(self):
-    self.requested = False
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def installed(self):
-    import contextlib
-
-    @contextlib.contextmanager
-    def scope():
-      previous = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
-      try:
-        yield
-      finally:
-        for s, handler in previous.items():
-          signal.signal(s, handler)
-    return scope()

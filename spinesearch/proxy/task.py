@@ -27,6 +27,7 @@ from spinesearch.data.dataset import DatasetPaths
 from spinesearch.errors import UserError
 from spinesearch.modeling import builder, cost
 from spinesearch.proxy import inputs
+from spinesearch.proxy.checkpoint import StopFlag, TrainingCheckpoint, TrainingStopped
 from spinesearch.proxy.config import ProxyConfig
 from spinesearch.proxy.optimizer import FusedOptimizer
 from spinesearch.proxy.result import TrialResult
@@ -45,6 +46,8 @@ class ProxyTask:
   def __init__(self, config: ProxyConfig, dataset: DatasetPaths):
     self.config = config
     self.dataset = dataset
+    # Set for long runs that must survive a stop (spinesearch.proxy.checkpoint).
+    self.checkpoint: Optional[TrainingCheckpoint] = None
     lean_graph_optimization()
 
   # ---- public ----------------------------------------------------------------
@@ -185,29 +188,42 @@ class ProxyTask:
   def _train(self, model, mg_task, result: TrialResult, progress: Optional[Progress]) -> None:
     c = self.config
     steps = c.steps_for(self.dataset.num_train or _count_records(self.dataset.train_pattern))
-    train_step = self.make_train_step(model, mg_task, self.optimizer(steps))
+    optimizer = self.optimizer(steps)
+    train_step = self.make_train_step(model, mg_task, optimizer)
+    checkpoint = self.checkpoint
+    done = checkpoint.restore(model, optimizer) if checkpoint else 0
+    if done:
+      # A fresh shuffle for the steps left (module docstring of checkpoint).
+      mg_task.task_config.train_data.seed = c.seed + done
     data = inputs.training_batches(mg_task)
 
     first_step_end = None
-    loss = float("nan")
+    loss = checkpoint.loss if done else float("nan")
+    stop = StopFlag()
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-      images, labels = next(data)
-      loss = float(train_step(images, labels))
-      if not math.isfinite(loss):
-        result.final_loss = loss
-        raise NonFiniteLoss(f"training loss became {loss} at step {step} of {steps}")
-      if step == 1:
-        first_step_end = time.perf_counter()
-      if progress:
-        progress(step, steps, loss)
+    with stop.installed() if checkpoint else contextlib.nullcontext():
+      for step in range(done + 1, steps + 1):
+        images, labels = next(data)
+        loss = float(train_step(images, labels))
+        if not math.isfinite(loss):
+          result.final_loss = loss
+          raise NonFiniteLoss(f"training loss became {loss} at step {step} of {steps}")
+        if step == done + 1:
+          first_step_end = time.perf_counter()
+        if progress:
+          progress(step, steps, loss)
+        if checkpoint and (stop.requested or step == steps or checkpoint.due()):
+          checkpoint.save(step, loss, time.perf_counter() - t0, model, optimizer)
+          if stop.requested and step < steps:
+            raise TrainingStopped(f"stopped at step {step} of {steps}; saved {checkpoint.path}; "
+                                  f"run the same command again to resume")
     end = time.perf_counter()
     result.final_loss = loss
     result.train_steps = steps
-    result.train_seconds = end - t0
+    result.train_seconds = end - t0 + (checkpoint.seconds_before if checkpoint else 0.0)
     # Throughput of the warm loop: the first step includes tracing.
-    if steps > 1:
-      result.images_per_second = (steps - 1) * c.batch_size / (end - first_step_end)
+    if first_step_end is not None and steps - done > 1:
+      result.images_per_second = (steps - done - 1) * c.batch_size / (end - first_step_end)
 
   @phases.timed("evaluate")
   def evaluate(self, model, mg_task, result: TrialResult,
