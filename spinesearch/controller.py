@@ -39,10 +39,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("search_space", "spinenet", ["spinenet", "nasfpn", "joint"],
                   "Search space: the SpineNet scale-permuted backbone, NAS-FPN merging "
                   "cells, or both as one decision sequence.")
-flags.DEFINE_enum("space_preset", "default", ["default", "vertex"],
+flags.DEFINE_enum("space_preset", "default", ["default", "vertex", "mobile"],
                   "Space settings: 'default' follows the SpineNet / NAS-FPN papers; "
                   "'vertex' follows Vertex AI NAS (SpineNet level allocation, parent "
-                  "window 4, NAS-FPN levels 4..7).")
+                  "window 4, NAS-FPN levels 4..7); 'mobile' searches Mobile SpineNet "
+                  "(MBConv blocks, 11 intermediate blocks; spinenet and joint spaces).")
 flags.DEFINE_integer("parent_window", None,
                      "Intermediate SpineNet blocks pick parents among the last K blocks "
                      "built (default: the preset's, 5 in the paper).", lower_bound=2)
@@ -250,6 +251,9 @@ def search_defining_flags() -> Dict[str, Any]:
 
 def space_options() -> Dict[str, Any]:
   options = {"preset": FLAGS.space_preset}
+  if FLAGS.space_preset == "mobile" and FLAGS.search_space == "nasfpn":
+    raise ConfigError("--space_preset=mobile applies to --search_space=spinenet/joint (the "
+                      "backbone's blocks), not nasfpn")
   if FLAGS.parent_window is not None:
     if FLAGS.search_space != "spinenet":
       raise ConfigError(f"--parent_window applies to --search_space=spinenet only, "

@@ -135,27 +135,33 @@ def test_bad_settings_are_refused_with_one_clear_message():
     builder.build_retinanet(broken, num_classes=NUM_CLASSES, image_size=128, scaling=TINY)
 
 
+# Every space's default preset, and the Mobile SpineNet (MBConv) preset of the
+# spaces with a backbone.
+SPACE_PRESETS = [(name, "default") for name in sorted(SPACES)] + \
+    [("spinenet", "mobile"), ("joint", "mobile")]
+
+
 def _sampled_architectures(seeds):
-  for name in sorted(SPACES):
+  for name, preset in SPACE_PRESETS:
     for seed in seeds:
-      yield pytest.param(name, seed, id=f"{name}-{seed}")
+      yield pytest.param(name, preset, seed, id=f"{name}-{preset}-{seed}")
 
 
-def _check_sample_builds(space_name, seed):
-  arch = build_space(space_name).sample_architecture(random.Random(seed))
+def _check_sample_builds(space_name, preset, seed):
+  arch = build_space(space_name, preset).sample_architecture(random.Random(seed))
   model = builder.build_retinanet(arch, num_classes=NUM_CLASSES, image_size=128, scaling=TINY)
   _check_dense_outputs(model, 128, levels=arch.output_levels)
 
 
-@pytest.mark.parametrize("space_name,seed", list(_sampled_architectures([0, 1])))
-def test_random_samples_of_every_space_build_and_run(space_name, seed):
-  _check_sample_builds(space_name, seed)
+@pytest.mark.parametrize("space_name,preset,seed", list(_sampled_architectures([0, 1])))
+def test_random_samples_of_every_space_build_and_run(space_name, preset, seed):
+  _check_sample_builds(space_name, preset, seed)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("space_name,seed", list(_sampled_architectures(range(2, 12))))
-def test_many_random_samples_of_every_space_build_and_run(space_name, seed):
-  _check_sample_builds(space_name, seed)
+@pytest.mark.parametrize("space_name,preset,seed", list(_sampled_architectures(range(2, 12))))
+def test_many_random_samples_of_every_space_build_and_run(space_name, preset, seed):
+  _check_sample_builds(space_name, preset, seed)
 
 
 @pytest.mark.parametrize("kind", ["spinenet", "joint"])

@@ -59,6 +59,8 @@ def read_scalars(logdir):
       "--target_latency_ms=9"), "not both"),
     (("--search_dir={d}", "--search_space=nasfpn", "--parent_window=3"),
      "--parent_window applies to --search_space=spinenet"),
+    (("--search_dir={d}", "--search_space=nasfpn", "--space_preset=mobile"),
+     "--space_preset=mobile applies to --search_space=spinenet/joint"),
     (("--search_dir={d}", "--reward=target_similarity", "stray"), "unexpected argument"),
     (("--search_dir={d}", "--reward=target_similarity", "--runner=inline",
       "--trial_isolation=process"), "--trial_isolation applies to --runner=local/ray"),
@@ -91,6 +93,7 @@ def test_helpfull_documents_every_flag():
                "val_annotations", "top_k"):
     assert f"--{flag}:" in done.stdout or f"--[no]{flag}:" in done.stdout, flag
   assert "target_similarity" in done.stdout
+  assert "'mobile' searches Mobile SpineNet" in " ".join(done.stdout.split())
 
 
 def test_a_search_writes_progress_best_architectures_and_tensorboard(tmp_path):

@@ -174,3 +174,13 @@ def test_space_for_an_architecture_is_its_default_space():
     assert space.decode(space.encode(arch)).fingerprint() == arch.fingerprint()
   with pytest.raises(ArchitectureError, match="space: must be one of spinenet, nasfpn, joint"):
     space_for(known.spinenet49().replace(space="mobile"))
+
+
+def test_mobile_preset_is_mobile_spinenet_blocks_with_the_papers_cells():
+  space = JointSpace.preset("mobile")
+  assert space.backbone.config() == ScalePermutedSpace.preset("mobile").config()
+  assert space.fpn.config() == MergingCellSpace().config()
+  arch = known.mobile_spinenet49().replace(space="joint", cells=known.nasfpn().cells)
+  decoded = space.decode(space.encode(arch))
+  assert (decoded.blocks, decoded.cells) == (arch.blocks, arch.cells)
+  assert space_from_config(json.loads(json.dumps(space.config()))).config() == space.config()

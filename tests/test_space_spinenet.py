@@ -241,3 +241,45 @@ def test_sampling_is_seeded():
   space = ScalePermutedSpace()
   assert space.sample(random.Random(11)) == space.sample(random.Random(11))
   assert space.sample(random.Random(11)) != space.sample(random.Random(12))
+
+
+def test_mobile_preset_contains_mobile_spinenet49_exactly():
+  space = ScalePermutedSpace.preset("mobile")
+  assert space.block_fns == ("mbconv",)
+  assert space.num_intermediate == 11 and space.num_blocks == 16
+  arch = known.mobile_spinenet49()
+  decisions = space.encode(arch)
+  assert space.decode(decisions).blocks == arch.blocks
+  assert space.validate(arch) is arch
+  with pytest.raises(ArchitectureError, match="this space builds 16 blocks"):
+    space.encode(known.spinenet49().replace(blocks=tuple(
+        dataclasses.replace(b, block_fn="mbconv") for b in known.spinenet49().blocks)))
+  for seed in range(200):
+    sample = space.sample_architecture(random.Random(seed))
+    assert {b.block_fn for b in sample.blocks} == {"mbconv"}
+    assert space.decode(space.encode(sample)) == sample
+
+
+def test_mobile_scalings_are_model_gardens():
+  from official.vision.modeling.backbones import spinenet_mobile
+  for name, scaling in known.MOBILE_SPINENET_SCALINGS.items():
+    garden = spinenet_mobile.SCALING_MAP[name]
+    assert scaling.filter_size_scale == garden["filter_size_scale"]
+    assert scaling.endpoints_num_filters == garden["endpoints_num_filters"]
+    assert scaling.block_repeats == garden["block_repeats"]
+    assert scaling.head_num_filters == garden["endpoints_num_filters"]
+
+
+@pytest.mark.parametrize("member", ["49", "49S", "49XS"])
+def test_the_zoo_mobile_entries_are_points_of_the_mobile_preset(member):
+  import pathlib
+  from spinesearch.space.architecture import Architecture
+  path = (pathlib.Path(__file__).parents[1] / "model_zoo" / "entries" /
+          f"mobile-spinenet-{member.lower()}.json")
+  arch = Architecture.from_dict(json.loads(path.read_text())["architecture"])
+  ScalePermutedSpace.preset("mobile").validate(arch)
+  scaling = known.MOBILE_SPINENET_SCALINGS[member]
+  assert (arch.scaling.filter_size_scale, arch.scaling.endpoints_num_filters,
+          arch.scaling.head_num_filters) == (scaling.filter_size_scale,
+                                              scaling.endpoints_num_filters,
+                                              scaling.head_num_filters)

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 from spinesearch.errors import ConfigError
 from spinesearch.space.architecture import Architecture
 from spinesearch.space.base import Decision, DecisionCursor, Mask, SearchSpace
-from spinesearch.space.nasfpn import MergingCellSpace
+from spinesearch.space.nasfpn import PRESETS as NASFPN_PRESETS, MergingCellSpace
 from spinesearch.space.spinenet import ScalePermutedSpace
 
 BACKBONE_PREFIX = "backbone/"
@@ -42,8 +42,10 @@ class JointSpace(SearchSpace):
 
   @classmethod
   def preset(cls, name: str) -> "JointSpace":
-    """The backbone and cell spaces' presets of the same name."""
-    return cls(ScalePermutedSpace.preset(name), MergingCellSpace.preset(name))
+    """The backbone and cell spaces' presets of the same name; a backbone-only
+    preset ("mobile") takes the paper's cells."""
+    cells = name if name in NASFPN_PRESETS else "default"
+    return cls(ScalePermutedSpace.preset(name), MergingCellSpace.preset(cells))
 
   @classmethod
   def vertex(cls) -> "JointSpace":

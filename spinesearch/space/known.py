@@ -86,6 +86,21 @@ def spinenet49(scaling: Scaling = Scaling()) -> Architecture:
                       blocks=tuple(BlockSpec(*b) for b in SPINENET_49_BLOCKS))
 
 
+# Mobile SpineNet scalings (Model Garden spinenet_mobile SCALING_MAP; head dims as
+# the endpoints, per the paper): 49XS and 49S are 49 with filters x0.6 / x0.65.
+MOBILE_SPINENET_SCALINGS: Dict[str, Scaling] = {
+    name: Scaling(filter_size_scale=scale, endpoints_num_filters=dims, block_repeats=1,
+                  head_num_convs=4, head_num_filters=dims)
+    for name, scale, dims in (("49", 1.0, 48), ("49S", 0.65, 40), ("49XS", 0.6, 24))
+}
+
+
+def mobile_spinenet49(scaling: Scaling = MOBILE_SPINENET_SCALINGS["49"]) -> Architecture:
+  """Mobile SpineNet-49's blocks (a point of the spinenet space's "mobile" preset)."""
+  return Architecture(space="spinenet", name="mobile-spinenet49", scaling=scaling,
+                      blocks=tuple(BlockSpec(*b) for b in SPINENET_MOBILE_BLOCKS))
+
+
 def nasfpn(scaling: Scaling = Scaling()) -> Architecture:
   return Architecture(space="nasfpn", name="nasfpn", scaling=scaling,
                       cells=tuple(CellSpec(*c) for c in NASFPN_CELLS))

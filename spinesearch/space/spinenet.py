@@ -28,10 +28,16 @@ from spinesearch.space.base import Decision, Mask, SearchSpace, SequentialCursor
 
 DEFAULT_ALLOCATION = {2: 1, 3: 1, 4: 4, 5: 4}
 
-# Keyword arguments of each preset; "vertex" is Vertex AI NAS's SpineNet space.
+# Mobile SpineNet's 11 intermediate blocks: SpineNet-49's allocation and one more
+# level-2 block (arXiv 2010.11426; Model Garden spinenet_mobile).
+MOBILE_ALLOCATION = {2: 2, 3: 1, 4: 4, 5: 4}
+
+# Keyword arguments of each preset; "vertex" is Vertex AI NAS's SpineNet space,
+# "mobile" the same decisions over MBConv blocks (Mobile SpineNet).
 PRESETS: Dict[str, Dict] = {
     "default": {},
     "vertex": {"intermediate_allocation": {2: 1, 3: 3, 4: 5, 5: 2}, "parent_window": 4},
+    "mobile": {"intermediate_allocation": MOBILE_ALLOCATION, "block_fns": ("mbconv",)},
 }
 
 
