@@ -174,10 +174,14 @@ def plan(rows: Sequence[Candidate], space, settings: Dict[str, Any], *, seed: in
     tuned = finetune_reward(settings, train_steps,
                             config.max_eval_images or settings["dataset"]["num_val"])
     ways[FINETUNE] = lambda s: tuned
+  # Seed by seed, the found architectures first: a stopped run leaves whole
+  # rows of the table (every architecture, both ways) for the seeds it did.
+  order = sorted(range(len(rows)), key=lambda i: rows[i].trial is None)
   jobs = {}
-  for index, row in enumerate(rows):
-    for way, reward in ways.items():
-      for s in range(seed, seed + seeds):
+  for s in range(seed, seed + seeds):
+    for index in order:
+      row = rows[index]
+      for way, reward in ways.items():
         key = run_key(way, row, s)
         jobs.setdefault(key, Job(key, index, {
             "seed": s, "decisions": row.decisions, "space": space.config(),

@@ -88,6 +88,9 @@ def test_the_plan_trains_every_row_with_one_recipe_per_seed_and_fine_tunes_it(vs
                                               eval_images=tiny.max_eval_images)
     assert tuned["reward"]["cost"] is None
   assert by_key[vs.run_key("scratch", rows[1], 7)]["architecture"] == rows[1].architecture.to_dict()
+  # Seed by seed, the found architecture first: a stopped run leaves whole rows.
+  assert [j.key for j in jobs[:6]] == [vs.run_key(w, rows[i], 7) for i in (2, 0, 1)
+                                       for w in ("scratch", "finetune")]
   # Without --finetune only the stand-alone runs; a found architecture equal to
   # a reference shares the reference's runs.
   rows = vs.candidates(space, [trial(1, 0.5, known.spinenet49())], 1, "search")
