@@ -45,10 +45,11 @@ def reference_architectures(space) -> List[Tuple[Any, List[int]]]:
   are not last): its decisions are empty, which only the rewards that read
   the architecture (training, one-shot) accept."""
   from spinesearch.space import known
-  if space.name not in ("spinenet", "joint"):
-    raise ConfigError(f"the SpineNet-49 references need a space with SpineNet blocks, "
-                      f"not {space.name}")
-  reference = known.spinenet49() if space.name == "spinenet" else known.spinenet49_nasfpn()
+  reference = known.published_point(space) if space.name != "nasfpn" else None
+  if reference is None:
+    raise ConfigError(f"the SpineNet-49 references need a space with SpineNet blocks that "
+                      f"holds SpineNet-49 (or Mobile SpineNet-49), not {space.name} with "
+                      f"these settings")
   return [(reference, space.encode(reference)), (known.scale_decreased(reference), [])]
 
 

@@ -12,6 +12,7 @@ from spinesearch.algorithms.registry import (ALGORITHMS, algorithm_from_state,
                                              algorithm_options, build_algorithm)
 from spinesearch.errors import ConfigError
 from spinesearch.rewards import TargetSimilarity
+from spinesearch.space import known
 from spinesearch.space.registry import build_space
 
 SPACES = ("spinenet", "nasfpn", "joint")
@@ -207,12 +208,44 @@ def test_evolution_samples_at_random_until_the_population_is_full():
   assert [evolution.propose().decisions for _ in range(5)] == [space.sample(twin) for _ in range(5)]
 
 
+@pytest.mark.parametrize("space_name,preset", [("spinenet", "default"), ("spinenet", "mobile"),
+                                               ("nasfpn", "default")])
+def test_evolution_can_start_near_the_published_architecture(space_name, preset):
+  space = build_space(space_name, preset=preset)
+  published = space.encode(known.published_point(space))
+  evolution = RegularizedEvolution(space, 4, population_size=40, initial_mutations=2)
+  distances = []
+  for _ in range(40):
+    decisions = evolution.propose().decisions
+    space.validate(space.decode(decisions))
+    distances.append(sum(a != b for a, b in zip(published, decisions)))
+  # 0, 1 or 2 mutations, plus the repairs a mutation forces; uniform samples
+  # of these spaces differ from the published point in most decisions.
+  assert min(distances) == 0 and max(distances) < len(published) // 3
+  uniform = [space.sample(random.Random(i)) for i in range(40)]
+  assert min(sum(a != b for a, b in zip(published, d)) for d in uniform) > max(distances)
+
+
+def test_evolution_refuses_to_start_near_a_point_its_space_lacks():
+  with pytest.raises(ConfigError, match="holds no published architecture"):
+    RegularizedEvolution(build_space("spinenet", preset="vertex"), 0, initial_mutations=2)
+  with pytest.raises(ConfigError, match="initial_mutations: expected an integer >= 0"):
+    RegularizedEvolution(build_space("nasfpn"), 0, initial_mutations=-1)
+
+
+def test_an_evolution_state_saved_before_initial_mutations_still_resumes():
+  space = build_space("nasfpn")
+  state = json.loads(json.dumps(build_algorithm("evolution", space, 3).state()))
+  del state["options"]["initial_mutations"]
+  assert algorithm_from_state(space, state).options["initial_mutations"] is None
+
+
 # ---- registry --------------------------------------------------------------------------
 
 def test_registry_names_and_options():
   assert set(ALGORITHMS) == {"ppo", "reinforce", "random", "evolution"}
   assert algorithm_options("evolution") == {
-      "population_size": 20, "sample_size": 5, "num_mutations": 1}
+      "population_size": 20, "sample_size": 5, "num_mutations": 1, "initial_mutations": None}
   assert algorithm_options("random") == {}
   assert {"batch_size", "learning_rate", "entropy_weight", "failure_reward"} <= \
       set(algorithm_options("ppo"))
@@ -249,5 +282,6 @@ def test_restored_algorithm_keeps_its_options():
   evolution = build_algorithm("evolution", space, 3, population_size=4, sample_size=2)
   restored = algorithm_from_state(space, json.loads(json.dumps(evolution.state())))
   assert isinstance(restored, RegularizedEvolution)
-  assert restored.options == {"population_size": 4, "sample_size": 2, "num_mutations": 1}
+  assert restored.options == {"population_size": 4, "sample_size": 2, "num_mutations": 1,
+                              "initial_mutations": None}
   assert json.dumps(restored.state()) == json.dumps(evolution.state())

@@ -12,11 +12,11 @@ from spinesearch.space.registry import build_space
 @pytest.mark.parametrize("space_name", ["spinenet", "nasfpn"])
 def test_paths_near_the_reference_differ_in_at_most_the_mutations_and_repairs(space_name):
   space = build_space(space_name)
-  base = space.encode(reference_architecture(space_name))
+  base = space.encode(reference_architecture(space))
   rng = random.Random(0)
   distances = []
   for _ in range(100):
-    architecture = near_reference(space, space_name, rng, max_mutations=3)
+    architecture = near_reference(space, rng, max_mutations=3)
     space.validate(architecture)
     decisions = space.encode(architecture)
     distances.append(sum(a != b for a, b in zip(base, decisions)))

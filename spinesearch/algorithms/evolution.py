@@ -1,7 +1,10 @@
 """Regularized (aging) evolution, Real et al. 2019 (arXiv 1802.01548).
 
 A population of the P most recent successful trials. Until it holds P members
-every proposal is random; after that, a proposal is a mutation of the best of S
+every proposal is random (uniform over the space, or, with
+`initial_mutations=K`, the space's published architecture with 0 to K
+decisions mutated: where a supernet trained around that point has weights
+worth scoring); after that, a proposal is a mutation of the best of S
 members drawn at random, and each new member pushes out the oldest one (not the
 worst: aging keeps the search from resting on one lucky evaluation).
 
@@ -14,7 +17,7 @@ fine: the population simply has not changed yet.
 import collections
 import math
 import random
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from spinesearch.algorithms.base import Observation, Proposal, SearchAlgorithm
 from spinesearch.errors import ConfigError
@@ -60,7 +63,8 @@ class RegularizedEvolution(SearchAlgorithm):
   name = "evolution"
 
   def __init__(self, space: SearchSpace, seed: int, *, population_size: int = 20,
-               sample_size: int = 5, num_mutations: int = 1):
+               sample_size: int = 5, num_mutations: int = 1,
+               initial_mutations: Optional[int] = None):
     super().__init__(space, seed)
     for option, value, minimum in (("population_size", population_size, 1),
                                    ("sample_size", sample_size, 1),
@@ -70,13 +74,28 @@ class RegularizedEvolution(SearchAlgorithm):
     if sample_size > population_size:
       raise ConfigError(
           f"sample_size: {sample_size} is larger than population_size {population_size}")
+    self._start: Optional[List[int]] = None
+    if initial_mutations is not None:
+      if isinstance(initial_mutations, bool) or not isinstance(initial_mutations, int) \
+          or initial_mutations < 0:
+        raise ConfigError(
+            f"initial_mutations: expected an integer >= 0, got {initial_mutations!r}")
+      from spinesearch.space import known
+      published = known.published_point(space)
+      if published is None:
+        raise ConfigError(f"initial_mutations: the {space.name} space with these settings "
+                          f"holds no published architecture to start from")
+      self._start = space.encode(published)
     self.options = {"population_size": population_size, "sample_size": sample_size,
-                    "num_mutations": num_mutations}
+                    "num_mutations": num_mutations, "initial_mutations": initial_mutations}
     # Oldest first; each member is {"trial_id", "decisions", "reward"}.
     self.population: collections.deque = collections.deque()
 
   def propose(self) -> Proposal:
     if len(self.population) < self.options["population_size"]:
+      if self._start is not None:
+        return Proposal(decisions=near(self.space, self._start, self.rng,
+                                       self.options["initial_mutations"]))
       return Proposal(decisions=self.space.sample(self.rng))
     contestants = self.rng.sample(list(self.population), self.options["sample_size"])
     parent = max(contestants, key=lambda member: member["reward"])
@@ -107,9 +126,11 @@ class RegularizedEvolution(SearchAlgorithm):
     return state
 
   def load_state(self, state: Dict[str, Any]) -> None:
-    if state.get("options") != self.options:
+    saved = dict(state.get("options") or {})
+    saved.setdefault("initial_mutations", None)  # states saved before the option existed
+    if saved != self.options:
       raise ConfigError(
-          f"evolution state: saved with options {state.get('options')}, "
+          f"evolution state: saved with options {saved}, "
           f"this search has {self.options}")
     super().load_state(state)
     self.population = collections.deque(dict(member) for member in state["population"])

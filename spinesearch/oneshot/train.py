@@ -95,8 +95,7 @@ class SupernetTrainer:
     self.dataset = dataset_lib.from_spec(c.dataset, self.options.cache_dir)
     self.task = ProxyTask(self.proxy, self.dataset)
     self.task.new_session()
-    self.reference = reference_architecture(c.space)
-    self.space.encode(self.reference)  # the reference path must be in the space
+    self.reference = reference_architecture(self.space)
     self.mg_task = self.task.model_garden_task(self.proxy.scaled(self.reference))
     self.optimizer = self.task.optimizer(c.train_steps)
     self._cost_cache: Dict[str, float] = {}
@@ -143,7 +142,7 @@ class SupernetTrainer:
     c = self.config
     self.paths_started += 1
     if c.sampling == "around_reference":
-      return near_reference(self.space, c.space, self.rng, c.max_mutations)
+      return near_reference(self.space, self.rng, c.max_mutations)
     for _ in range(1000):
       architecture = self.space.decode(self.space.sample(self.rng))
       if c.sampling == "uniform" or self._multiply_adds(architecture) <= c.max_multiply_adds:
@@ -334,18 +333,22 @@ class SupernetTrainer:
     print(line, file=self.out, flush=True)
 
 
-def reference_architecture(space: str) -> Architecture:
-  """The published point of each space: SpineNet-49, NAS-FPN, or both."""
+def reference_architecture(space) -> Architecture:
+  """The published point of `space` (SpineNet-49, NAS-FPN, or both): the
+  supernet's reference path."""
   from spinesearch.space import known
-  return {"spinenet": known.spinenet49, "nasfpn": known.nasfpn,
-          "joint": known.spinenet49_nasfpn}[space]()
+  reference = known.published_point(space)
+  if reference is None:
+    raise ConfigError(f"supernet: the {space.name} space with these settings holds no "
+                      f"published architecture to use as the reference path")
+  return reference
 
 
-def near_reference(space, space_name: str, rng, max_mutations: int) -> Architecture:
+def near_reference(space, rng, max_mutations: int) -> Architecture:
   """The space's published point with 0 to `max_mutations` decisions
   re-sampled, the count uniform (as regularized evolution mutates)."""
   from spinesearch.algorithms.evolution import near
-  base = space.encode(reference_architecture(space_name))
+  base = space.encode(reference_architecture(space))
   return space.decode(near(space, base, rng, max_mutations))
 
 

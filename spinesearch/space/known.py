@@ -4,8 +4,9 @@ Model Garden's module-level specs).
 Model Garden lists a 16th SpineNet-49 block, a level-2 output used only for
 segmentation; for detection with P3..P7 it feeds nothing, so it is left out.
 """
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional
 
+from spinesearch.errors import ArchitectureError
 from spinesearch.space.architecture import Architecture, BlockSpec, CellSpec, Scaling
 
 # (level, block_fn, input_offsets, is_output); offsets index [stem1, stem2, blocks...].
@@ -110,6 +111,21 @@ def spinenet49_nasfpn(scaling: Scaling = Scaling()) -> Architecture:
   return Architecture(space="joint", name="spinenet49-nasfpn", scaling=scaling,
                       blocks=spinenet49().blocks, cells=nasfpn().cells)
 
+
+def published_point(space) -> Optional[Architecture]:
+  """The published architecture that lies in `space` (a SearchSpace):
+  SpineNet-49, Mobile SpineNet-49, NAS-FPN or SpineNet-49 + NAS-FPN, at the
+  default scaling; None if none does (e.g. the vertex preset's allocation)."""
+  candidates = {"spinenet": (spinenet49, mobile_spinenet49), "nasfpn": (nasfpn,),
+                "joint": (spinenet49_nasfpn,)}.get(space.name, ())
+  for make in candidates:
+    architecture = make()
+    try:
+      space.encode(architecture)
+    except ArchitectureError:
+      continue
+    return architecture
+  return None
 
 
 def scale_decreased(architecture: Architecture) -> Architecture:
