@@ -31,19 +31,24 @@ from spinesearch.driver import EXIT_INTERRUPTED, SearchDriver, SearchSettings
 from spinesearch.errors import ArchitectureError, ConfigError, parse_absl_flags, run_cli
 from spinesearch.proxy import PRESETS as PROXY_PRESETS, ProxyConfig
 from spinesearch.runners import registry as runner_registry
+from spinesearch.space import registry as space_registry
 
 FLAGS = flags.FLAGS
 
 # ---- flags that define a search (stored; must match on resume) ----------------------
 
-flags.DEFINE_enum("search_space", "spinenet", ["spinenet", "nasfpn", "joint"],
+flags.DEFINE_enum("search_space", "spinenet", list(space_registry.SPACES),
                   "Search space: the SpineNet scale-permuted backbone, NAS-FPN merging "
-                  "cells, or both as one decision sequence.")
-flags.DEFINE_enum("space_preset", "default", ["default", "vertex", "mobile"],
+                  "cells, both as one decision sequence, or a scale-decreased (ResNet-like) "
+                  "backbone whose level allocation and block types are searched (CR-NAS).")
+flags.DEFINE_enum("space_preset", "default", list(space_registry.preset_names()),
                   "Space settings: 'default' follows the SpineNet / NAS-FPN papers; "
                   "'vertex' follows Vertex AI NAS (SpineNet level allocation, parent "
                   "window 4, NAS-FPN levels 4..7); 'mobile' searches Mobile SpineNet "
-                  "(MBConv blocks, 11 intermediate blocks; spinenet and joint spaces).")
+                  "(MBConv blocks, 11 intermediate blocks; spinenet and joint spaces); "
+                  "'realloc' (spinenet, joint) also searches how many blocks each level "
+                  "gets at no more block cost, and a dilation rate 1-3 per bottleneck "
+                  "block (CR-NAS); 'dilated' (scale_decreased) adds the dilation rates.")
 flags.DEFINE_integer("parent_window", None,
                      "Intermediate SpineNet blocks pick parents among the last K blocks "
                      "built (default: the preset's, 5 in the paper).", lower_bound=2)
@@ -258,9 +263,10 @@ def search_defining_flags() -> Dict[str, Any]:
 
 def space_options() -> Dict[str, Any]:
   options = {"preset": FLAGS.space_preset}
-  if FLAGS.space_preset == "mobile" and FLAGS.search_space == "nasfpn":
-    raise ConfigError("--space_preset=mobile applies to --search_space=spinenet/joint (the "
-                      "backbone's blocks), not nasfpn")
+  presets = space_registry.presets_of(FLAGS.search_space)
+  if FLAGS.space_preset not in presets:
+    raise ConfigError(f"--space_preset={FLAGS.space_preset} is not a preset of the "
+                      f"{FLAGS.search_space} space (its presets: {', '.join(presets)})")
   if FLAGS.parent_window is not None:
     if FLAGS.search_space != "spinenet":
       raise ConfigError(f"--parent_window applies to --search_space=spinenet only, "

@@ -135,10 +135,11 @@ def test_bad_settings_are_refused_with_one_clear_message():
     builder.build_retinanet(broken, num_classes=NUM_CLASSES, image_size=128, scaling=TINY)
 
 
-# Every space's default preset, and the Mobile SpineNet (MBConv) preset of the
-# spaces with a backbone.
+# Every space's default preset, the Mobile SpineNet (MBConv) preset of the
+# spaces with a backbone, and the CR-NAS options (reallocation, dilation).
 SPACE_PRESETS = [(name, "default") for name in sorted(SPACES)] + \
-    [("spinenet", "mobile"), ("joint", "mobile")]
+    [("spinenet", "mobile"), ("joint", "mobile"), ("spinenet", "realloc"),
+     ("scale_decreased", "dilated")]
 
 
 def _sampled_architectures(seeds):

@@ -60,7 +60,7 @@ def read_scalars(logdir):
     (("--search_dir={d}", "--search_space=nasfpn", "--parent_window=3"),
      "--parent_window applies to --search_space=spinenet"),
     (("--search_dir={d}", "--search_space=nasfpn", "--space_preset=mobile"),
-     "--space_preset=mobile applies to --search_space=spinenet/joint"),
+     "--space_preset=mobile is not a preset of the nasfpn space (its presets: default, vertex)"),
     (("--search_dir={d}", "--reward=target_similarity", "stray"), "unexpected argument"),
     (("--search_dir={d}", "--reward=target_similarity", "--runner=inline",
       "--trial_isolation=process"), "--trial_isolation applies to --runner=local/ray"),

@@ -11,6 +11,7 @@ from spinesearch.space import known
 from space_helpers import count_sequences
 from spinesearch.space.joint import JointSpace
 from spinesearch.space.nasfpn import MergingCellSpace
+from spinesearch.space.scale_decreased import ScaleDecreasedSpace
 from spinesearch.space.registry import SPACES, build_space, space_for, space_from_config
 from spinesearch.space.spinenet import ScalePermutedSpace
 
@@ -119,7 +120,7 @@ def test_a_joint_space_with_other_levels_decodes_valid_architectures():
 
 def test_registry_names_every_space():
   assert SPACES == {"spinenet": ScalePermutedSpace, "nasfpn": MergingCellSpace,
-                    "joint": JointSpace}
+                    "joint": JointSpace, "scale_decreased": ScaleDecreasedSpace}
   for name, cls in SPACES.items():
     assert isinstance(build_space(name), cls) and cls.name == name
 

@@ -95,6 +95,7 @@ def build_backbone(architecture: Architecture, *, image_size: int,
         **levels, **common)
   return structure.StructuredSpineNet(
       block_names=block_names,
+      dilations=[b.dilation for b in architecture.blocks],
       block_specs=[spinenet.BlockSpec(*b.as_tuple()) for b in architecture.blocks],
       endpoints_num_filters=scaling.endpoints_num_filters,
       filter_size_scale=scaling.filter_size_scale,

@@ -9,6 +9,13 @@ its level and its block type), the resampling edge from a parent to a child
 block, an endpoint, a NAS-FPN repeat, the fixed ResNet, the RetinaNet head.
 Nothing of Model Garden's construction is repeated here.
 
+`StructuredSpineNet` also gives each searched bottleneck block the dilation
+rate of its spec (CR-NAS): Model Garden's BottleneckBlock takes `dilation_rate`
+but its SpineNet does not pass one on, so while such a block is built the
+module's `nn_blocks` is seen through a view whose BottleneckBlock has that rate
+(`_dilated`). Model building is single-threaded here; the view is restored
+when the block is built.
+
 A variable created while a part is marked can be read with `current_part()`
 from a variable creator (`tf.variable_creator_scope`); the part and the
 variable's ordinal within the part identify it structurally. Outside a creator
@@ -18,11 +25,13 @@ Model Garden's.
 import collections
 import contextlib
 import dataclasses
+import functools
 import threading
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from official.vision.modeling.backbones import spinenet
 from official.vision.modeling.decoders import nasfpn
+from official.vision.modeling.layers import nn_blocks
 
 STEM_NAMES = ("stem1", "stem2")
 _STEM_LEVEL = 2
@@ -98,9 +107,12 @@ class StructuredSpineNet(spinenet.SpineNet):
 
   `block_names` names the searched blocks (one per block spec, default
   'block0', 'block1', ...); the two stem blocks are 'stem1' and 'stem2'.
+  `dilations` gives each searched block's dilation rate (default 1; only
+  bottleneck blocks can be dilated).
   """
 
-  def __init__(self, *args, block_names: Optional[Sequence[str]] = None, **kwargs):
+  def __init__(self, *args, block_names: Optional[Sequence[str]] = None,
+               dilations: Optional[Sequence[int]] = None, **kwargs):
     specs = kwargs.get("block_specs")
     if specs is None:
       raise ValueError("StructuredSpineNet needs block_specs")
@@ -108,11 +120,17 @@ class StructuredSpineNet(spinenet.SpineNet):
         f"block{i}" for i in range(len(specs))]
     if len(names) != len(specs) or len(set(names)) != len(names):
       raise ValueError(f"block_names: expected {len(specs)} distinct names, got {names}")
+    rates = list(dilations) if dilations is not None else [1] * len(specs)
+    if len(rates) != len(specs) or any(
+        rate != 1 and spec.block_fn != "bottleneck" for rate, spec in zip(rates, specs)):
+      raise ValueError(f"dilations: expected {len(specs)} rates, above 1 only for "
+                       f"bottleneck blocks, got {rates}")
     self._structure = _SpineStructure(
         names=list(STEM_NAMES) + names,
         levels=[_STEM_LEVEL] * len(STEM_NAMES) + [s.level for s in specs],
         block_fns=[_STEM_BLOCK_FN] * len(STEM_NAMES) + [s.block_fn for s in specs],
-        specs=list(specs))
+        specs=list(specs),
+        dilations=[1] * len(STEM_NAMES) + rates)
     super().__init__(*args, **kwargs)
 
   def _build_stem(self, inputs):
@@ -123,12 +141,13 @@ class StructuredSpineNet(spinenet.SpineNet):
                    stochastic_depth_drop_rate=None, name="block_group"):
     s = self._structure
     # The stem builds its two blocks inside the stem's part.
-    marker = contextlib.nullcontext()
+    marker, rate = contextlib.nullcontext(), 1
     if name.startswith("scale_permuted_block_"):
       index = len(STEM_NAMES) + int(name.rsplit("_", 1)[1]) - 1
       marker = part(Part("block", s.names[index], s.levels[index], s.block_fns[index],
                          filters=self._filters(index)))
-    with marker:
+      rate = s.dilations[index]
+    with marker, _dilated(rate):
       return super()._block_group(inputs, filters, strides, block_fn_cand, block_repeats,
                                   stochastic_depth_drop_rate, name)
 
@@ -175,7 +194,32 @@ class _SpineStructure:
   levels: List[int]
   block_fns: List[str]
   specs: List
+  dilations: List[int]
   resamples: int = 0
+
+
+class _DilatedBlocks:
+  """Model Garden's nn_blocks, with BottleneckBlock at a fixed dilation rate."""
+
+  def __init__(self, rate: int):
+    self.BottleneckBlock = functools.partial(nn_blocks.BottleneckBlock,  # pylint: disable=invalid-name
+                                             dilation_rate=rate)
+
+  def __getattr__(self, attribute):
+    return getattr(nn_blocks, attribute)
+
+
+@contextlib.contextmanager
+def _dilated(rate: int) -> Iterator[None]:
+  """Model Garden's SpineNet builds its blocks with dilation `rate` inside."""
+  if rate == 1:
+    yield
+    return
+  spinenet.nn_blocks = _DilatedBlocks(rate)
+  try:
+    yield
+  finally:
+    spinenet.nn_blocks = nn_blocks
 
 
 class StructuredNASFPN(nasfpn.NASFPN):

@@ -15,14 +15,16 @@ from absl import app, flags
 
 from spinesearch import logs
 from spinesearch.errors import ConfigError, parse_absl_flags, run_cli
+from spinesearch.space import registry as space_registry
 
 FLAGS = flags.FLAGS
 COMMANDS = ("train", "score")
 
 # ---- what defines a supernet ----------------------------------------------------------
-flags.DEFINE_enum("search_space", "spinenet", ["spinenet", "nasfpn", "joint"],
+flags.DEFINE_enum("search_space", "spinenet", list(space_registry.SPACES),
                   "The space whose architectures share the supernet's weights.")
-flags.DEFINE_enum("space_preset", "default", ["default", "vertex"], "The space's preset.")
+flags.DEFINE_enum("space_preset", "default", list(space_registry.preset_names()),
+                  "The space's preset (as the search driver's --space_preset).")
 flags.DEFINE_string("proxy_preset", "quickstart",
                     "Proxy settings every path is built and trained with (scaling, input "
                     "size, anchors, optimizer, batch size): quickstart, paper or tiny.")

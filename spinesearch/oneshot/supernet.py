@@ -105,10 +105,11 @@ class Supernet:
   def score(self, architecture, settings, dataset=None, cache_dir: Optional[str] = None):
     """The one-shot TrialResult of `architecture` (see OneShotScorer)."""
     from spinesearch.oneshot import keys
-    if architecture.space != self.meta["space"]["name"]:
+    space = self.space()
+    if architecture.space != (space.architecture_space or space.name):
       raise UserError(f"a {architecture.space} architecture cannot be scored on a supernet "
-                      f"of the {self.meta['space']['name']} space")
-    keys.block_names(self.space(), architecture)  # refuses blocks the space has no slot for
+                      f"of the {space.name} space")
+    keys.block_names(space, architecture)  # refuses blocks the space has no slot for
     return self.scorer(settings, dataset, cache_dir).score(architecture, self.arrays())
 
 

@@ -88,9 +88,8 @@ class SupernetTrainer:
   def _setup(self) -> None:
     from spinesearch.data import dataset as dataset_lib
     from spinesearch.proxy.task import ProxyTask
-    from spinesearch.space import registry
     c = self.config
-    self.space = registry.build_space(c.space, preset=c.space_preset)
+    self.space = c.build_space()
     self.proxy = c.proxy_config()
     self.dataset = dataset_lib.from_spec(c.dataset, self.options.cache_dir)
     self.task = ProxyTask(self.proxy, self.dataset)

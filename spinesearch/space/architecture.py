@@ -28,18 +28,31 @@ COMBINE_FNS = ("sum", "attention")
 NUM_STEM_BLOCKS = 2
 MIN_BLOCK_LEVEL = 1
 MAX_BLOCK_LEVEL = 7
+MAX_DILATION = 3
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-  """One block of a scale-permuted backbone (Model Garden's SpineNet BlockSpec)."""
+  """One block of a scale-permuted backbone (Model Garden's SpineNet BlockSpec),
+  plus the dilation rate of its convolutions (CR-NAS; bottleneck blocks only,
+  as Model Garden's residual block has no dilation). A dilation of 1 is left
+  out of the JSON, so documents without dilation read and write as before."""
   level: int
   block_fn: str
   input_offsets: Tuple[int, int]
   is_output: bool
+  dilation: int = 1
 
   def as_tuple(self) -> tuple:
+    """Model Garden's BlockSpec arguments (without the dilation)."""
     return (self.level, self.block_fn, tuple(self.input_offsets), self.is_output)
+
+  def key(self) -> tuple:
+    """Everything that defines the block."""
+    return self.as_tuple() + ((self.dilation,) if self.dilation != 1 else ())
+
+  def replace(self, **changes) -> "BlockSpec":
+    return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +210,7 @@ class Architecture:
     """Canonical text of the structure alone (no name, no scaling): equal
     fingerprints mean the same searched architecture."""
     return json.dumps({"space": self.space,
-                       "blocks": [b.as_tuple() for b in self.blocks],
+                       "blocks": [b.key() for b in self.blocks],
                        "cells": [c.as_tuple() for c in self.cells]},
                       separators=(",", ":"))
 
@@ -258,6 +271,8 @@ class Architecture:
 def _spec_dict(spec) -> dict:
   data = dataclasses.asdict(spec)
   data["input_offsets"] = list(spec.input_offsets)
+  if data.get("dilation") == 1:
+    del data["dilation"]
   return data
 
 
@@ -283,7 +298,8 @@ def _list(data: Mapping, key: str) -> Sequence:
 def _parse_spec(spec_cls, fn_key: str, data: Any, where: str):
   _require_mapping(data, where)
   keys = ("level", fn_key, "input_offsets", "is_output")
-  _refuse_unknown_keys(data, keys, where)
+  optional = ("dilation",) if spec_cls is BlockSpec else ()
+  _refuse_unknown_keys(data, keys + optional, where)
   missing = [k for k in keys if k not in data]
   if missing:
     raise ArchitectureError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
@@ -297,7 +313,13 @@ def _parse_spec(spec_cls, fn_key: str, data: Any, where: str):
     raise ArchitectureError(f"{where}.input_offsets: expected two integers, got {offsets!r}")
   if not isinstance(is_output, bool):
     raise ArchitectureError(f"{where}.is_output: expected true or false, got {is_output!r}")
-  return spec_cls(level, data[fn_key], tuple(offsets), is_output)
+  extra = {}
+  if "dilation" in data:
+    dilation = data["dilation"]
+    if isinstance(dilation, bool) or not isinstance(dilation, int):
+      raise ArchitectureError(f"{where}.dilation: expected an integer, got {dilation!r}")
+    extra["dilation"] = dilation
+  return spec_cls(level, data[fn_key], tuple(offsets), is_output, **extra)
 
 
 def _check_offsets(offsets, num_available: int, where: str, pool: str) -> None:
@@ -334,6 +356,14 @@ def _validate_blocks(blocks: Sequence[BlockSpec]) -> None:
           f"{where}.level: {b.level} is outside {MIN_BLOCK_LEVEL}..{MAX_BLOCK_LEVEL}")
     if b.block_fn not in BLOCK_FNS:
       raise ArchitectureError(f"{where}.block_fn: must be one of {', '.join(BLOCK_FNS)}, got {b.block_fn!r}")
+    if isinstance(b.dilation, bool) or not isinstance(b.dilation, int) or \
+        not 1 <= b.dilation <= MAX_DILATION:
+      raise ArchitectureError(
+          f"{where}.dilation: must be an integer 1..{MAX_DILATION}, got {b.dilation!r}")
+    if b.dilation != 1 and b.block_fn != "bottleneck":
+      raise ArchitectureError(
+          f"{where}.dilation: only bottleneck blocks can be dilated (Model Garden's "
+          f"{b.block_fn} block has no dilation rate here), got {b.dilation} on a {b.block_fn}")
     _check_offsets(b.input_offsets, NUM_STEM_BLOCKS + i, where, "block (2 stem blocks, then blocks[0..])")
   kinds = {b.block_fn == "mbconv" for b in blocks}
   if len(kinds) > 1:

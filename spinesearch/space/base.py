@@ -109,6 +109,9 @@ class SearchSpace(abc.ABC):
   """A search space: decisions <-> architectures."""
 
   name: ClassVar[str]
+  # The `space` field of this space's architectures, when it is not `name`
+  # (the scale-decreased space's architectures are SpineNet architectures).
+  architecture_space: ClassVar[str] = ""
 
   @abc.abstractmethod
   def decisions(self) -> Tuple[Decision, ...]:
@@ -175,9 +178,10 @@ class SearchSpace(abc.ABC):
     return architecture
 
   def _check_space(self, architecture: Architecture) -> None:
-    if architecture.space != self.name:
+    expected = self.architecture_space or self.name
+    if architecture.space != expected:
       raise ArchitectureError(
-          f"space: architecture is from the {architecture.space!r} space, not {self.name!r}")
+          f"space: architecture is from the {architecture.space!r} space, not {expected!r}")
 
   def _replay(self, decisions: Sequence[int]) -> DecisionCursor:
     specs = self.decisions()

@@ -114,10 +114,12 @@ def spinenet49_nasfpn(scaling: Scaling = Scaling()) -> Architecture:
 
 def published_point(space) -> Optional[Architecture]:
   """The published architecture that lies in `space` (a SearchSpace):
-  SpineNet-49, Mobile SpineNet-49, NAS-FPN or SpineNet-49 + NAS-FPN, at the
-  default scaling; None if none does (e.g. the vertex preset's allocation)."""
+  SpineNet-49, Mobile SpineNet-49, NAS-FPN, SpineNet-49 + NAS-FPN, or
+  SpineNet-49's blocks in scale-decreased order, at the default scaling; None
+  if none does (e.g. the vertex preset's allocation)."""
   candidates = {"spinenet": (spinenet49, mobile_spinenet49), "nasfpn": (nasfpn,),
-                "joint": (spinenet49_nasfpn,)}.get(space.name, ())
+                "joint": (spinenet49_nasfpn,),
+                "scale_decreased": (lambda: scale_decreased(spinenet49()),)}.get(space.name, ())
   for make in candidates:
     architecture = make()
     try:

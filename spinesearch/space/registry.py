@@ -1,20 +1,38 @@
 """Search spaces by name: build one from a name (command line) or from the
 settings stored with a search (`space.config()`)."""
 import inspect
-from typing import Any, Dict, Mapping, Type
+from typing import Any, Dict, Mapping, Tuple, Type
 
 from spinesearch.errors import ArchitectureError, ConfigError
-from spinesearch.space.architecture import Architecture
+from spinesearch.space.architecture import SPACES as ARCHITECTURE_SPACES, Architecture
 from spinesearch.space.base import SearchSpace
 from spinesearch.space.joint import JointSpace
-from spinesearch.space.nasfpn import MergingCellSpace
-from spinesearch.space.spinenet import ScalePermutedSpace
+from spinesearch.space.nasfpn import PRESETS as NASFPN_PRESETS, MergingCellSpace
+from spinesearch.space.scale_decreased import (PRESETS as SCALE_DECREASED_PRESETS,
+                                               ScaleDecreasedSpace)
+from spinesearch.space.spinenet import PRESETS as SPINENET_PRESETS, ScalePermutedSpace
 
 SPACES: Dict[str, Type[SearchSpace]] = {
     ScalePermutedSpace.name: ScalePermutedSpace,
     MergingCellSpace.name: MergingCellSpace,
     JointSpace.name: JointSpace,
+    ScaleDecreasedSpace.name: ScaleDecreasedSpace,
 }
+
+
+def presets_of(name: str) -> Tuple[str, ...]:
+  """The presets of space `name` (the joint space takes its backbone's)."""
+  _space_class(name)
+  return tuple({"nasfpn": NASFPN_PRESETS,
+                "scale_decreased": SCALE_DECREASED_PRESETS}.get(name, SPINENET_PRESETS))
+
+
+def preset_names() -> Tuple[str, ...]:
+  """Every space's presets (a space refuses the ones it lacks)."""
+  names = []
+  for presets in (SPINENET_PRESETS, NASFPN_PRESETS, SCALE_DECREASED_PRESETS):
+    names += [name for name in presets if name not in names]
+  return tuple(names)
 
 
 def _space_class(name: Any) -> Type[SearchSpace]:
@@ -58,9 +76,9 @@ def space_from_config(config: Mapping) -> SearchSpace:
 
 def space_for(architecture: Architecture) -> SearchSpace:
   """The default space of the architecture's `space` field."""
-  if architecture.space not in SPACES:
+  if architecture.space not in ARCHITECTURE_SPACES:
     raise ArchitectureError(
-        f"space: must be one of {', '.join(SPACES)}, got {architecture.space!r}")
+        f"space: must be one of {', '.join(ARCHITECTURE_SPACES)}, got {architecture.space!r}")
   return SPACES[architecture.space]()
 
 

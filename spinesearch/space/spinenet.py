@@ -4,12 +4,16 @@ An architecture is a fixed stem (two level-2 blocks, feature indices 0 and 1)
 followed by N intermediate blocks and then one output block per output level.
 Decisions, in order:
 
+  0. with `search_allocation`, how many intermediate blocks each base level
+     gets (CR-NAS: the total fixed, optionally under a cost budget; see
+     `allocation.py`), one decision per base level;
   1. the order of the intermediate blocks' base levels (a permutation of the
      multiset given by `intermediate_allocation`);
   2. the order of the output levels;
   3. per block in build order: two distinct parents (ascending), then, for
      intermediate blocks, a level offset added to the base level, then the
-     block type.
+     block type, then (with more than one `dilations`) the block's dilation
+     rate (bottleneck blocks only: Model Garden's residual block has none).
 
 Intermediate blocks take their parents from the last `parent_window` features
 built (stem included); output blocks from any earlier feature. Model Garden sums
@@ -23,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.space import architecture as schema
+from spinesearch.space.allocation import AllocationChoice, log_multinomial, logsumexp
 from spinesearch.space.architecture import Architecture, BlockSpec
 from spinesearch.space.base import Decision, Mask, SearchSpace, SequentialCursor
 
@@ -38,6 +43,9 @@ PRESETS: Dict[str, Dict] = {
     "default": {},
     "vertex": {"intermediate_allocation": {2: 1, 3: 3, 4: 5, 5: 2}, "parent_window": 4},
     "mobile": {"intermediate_allocation": MOBILE_ALLOCATION, "block_fns": ("mbconv",)},
+    # CR-NAS on SpineNet: SpineNet-49's 10 intermediate blocks moved between
+    # levels 2..5 at no more block cost, and a dilation rate per block.
+    "realloc": {"search_allocation": True, "allocation_budget": 1.0, "dilations": (1, 2, 3)},
 }
 
 
@@ -52,6 +60,15 @@ def _int_list(value, name: str, where: str) -> List[int]:
   if len(set(value)) != len(value):
     raise ConfigError(f"{where}: {name} lists a value twice: {list(value)}")
   return list(value)
+
+
+def dilation_list(value, where: str) -> Tuple[int, ...]:
+  """Dilation rates of a space: distinct integers >= 1, 1 among them."""
+  rates = tuple(sorted(_int_list(value, "dilations", where)))
+  if rates[0] < 1 or 1 not in rates:
+    raise ConfigError(f"{where}: dilations must be integers >= 1 and include 1, "
+                      f"got {list(value)}")
+  return rates
 
 
 def _int_setting(value, name: str, where: str, minimum: int) -> int:
@@ -95,7 +112,11 @@ class ScalePermutedSpace(SearchSpace):
                block_fns: Sequence[str] = ("bottleneck", "residual"),
                parent_window: int = 5,
                min_block_level: int = 2,
-               max_block_level: int = 7):
+               max_block_level: int = 7,
+               search_allocation: bool = False,
+               min_blocks_per_level: int = 1,
+               allocation_budget: Optional[float] = None,
+               dilations: Sequence[int] = (1,)):
     where = "spinenet space"
     if intermediate_allocation is None:
       intermediate_allocation = DEFAULT_ALLOCATION
@@ -135,6 +156,20 @@ class ScalePermutedSpace(SearchSpace):
       raise ConfigError(f"{where}: mbconv cannot be mixed with other block_fns")
     self.block_fns = tuple(block_fns)
     self.parent_window = _int_setting(parent_window, "parent_window", where, 2)
+    self.dilations = dilation_list(dilations, where)
+    if len(self.dilations) > 1 and "bottleneck" not in self.block_fns:
+      raise ConfigError(f"{where}: dilations need bottleneck blocks (Model Garden's residual "
+                        f"and SpineNetMobile blocks take no dilation here)")
+    if not isinstance(search_allocation, bool):
+      raise ConfigError(f"{where}: search_allocation must be true or false, "
+                        f"got {search_allocation!r}")
+    self.allocation_choice = None
+    if search_allocation:
+      self.allocation_choice = AllocationChoice(self.allocation, min_count=min_blocks_per_level,
+                                                budget=allocation_budget, where=where)
+    elif allocation_budget is not None or min_blocks_per_level != 1:
+      raise ConfigError(f"{where}: allocation_budget and min_blocks_per_level apply only "
+                        f"with search_allocation")
 
     self.base_levels = tuple(self.allocation)
     self.num_intermediate = sum(self.allocation.values())
@@ -164,8 +199,9 @@ class ScalePermutedSpace(SearchSpace):
     outputs = tuple(str(level) for level in self.output_levels)
     parents = tuple(str(f) for f in range(schema.NUM_STEM_BLOCKS + self.num_blocks - 1))
     offsets = tuple(f"{o:+d}" if o else "0" for o in self.level_offsets)
-    decisions = [Decision(f"intermediate[{i}].base_level", "intermediate_base_level", bases)
-                 for i in range(self.num_intermediate)]
+    decisions = list(self.allocation_choice.decisions()) if self.allocation_choice else []
+    decisions += [Decision(f"intermediate[{i}].base_level", "intermediate_base_level", bases)
+                  for i in range(self.num_intermediate)]
     decisions += [Decision(f"output[{j}].level", "output_level", outputs)
                   for j in range(len(self.output_levels))]
     for b in range(self.num_blocks):
@@ -174,6 +210,9 @@ class ScalePermutedSpace(SearchSpace):
       if b < self.num_intermediate:
         decisions.append(Decision(f"block[{b}].level_offset", "level_offset", offsets))
       decisions.append(Decision(f"block[{b}].block_fn", "block_fn", self.block_fns))
+      if len(self.dilations) > 1:
+        decisions.append(Decision(f"block[{b}].dilation", "dilation",
+                                  tuple(str(d) for d in self.dilations)))
     return tuple(decisions)
 
   def parent_range(self, block: int) -> range:
@@ -195,12 +234,16 @@ class ScalePermutedSpace(SearchSpace):
     return self.encode_blocks(architecture.blocks)
 
   def log10_size(self) -> float:
-    n = self.num_intermediate
-    log_count = math.lgamma(n + 1) - sum(math.lgamma(c + 1) for c in self.allocation.values())
+    allocations = (self.allocation_choice.allocations() if self.allocation_choice
+                   else [self.allocation])
+    log_count = logsumexp([
+        log_multinomial(tuple(a.values())) +
+        sum(c * math.log(len(self.valid_offsets(base))) for base, c in a.items())
+        for a in allocations])
     log_count += math.lgamma(len(self.output_levels) + 1)
-    for base, count in self.allocation.items():
-      log_count += count * math.log(len(self.valid_offsets(base)))
-    log_count += self.num_blocks * math.log(len(self.block_fns))
+    # Block type, and dilation for bottleneck blocks.
+    log_count += self.num_blocks * math.log(
+        len(self.block_fns) + ("bottleneck" in self.block_fns) * (len(self.dilations) - 1))
     for b in range(self.num_blocks):
       log_count += math.log(math.comb(len(self.parent_range(b)), 2))
     return log_count / math.log(10)
@@ -213,7 +256,19 @@ class ScalePermutedSpace(SearchSpace):
             "block_fns": list(self.block_fns),
             "parent_window": self.parent_window,
             "min_block_level": self.min_block_level,
-            "max_block_level": self.max_block_level}
+            "max_block_level": self.max_block_level,
+            **self._option_config()}
+
+  def _option_config(self) -> Dict:
+    # Only the options set, so the configs stored with earlier searches stay valid.
+    options = {}
+    if self.allocation_choice:
+      options["search_allocation"] = True
+      options["min_blocks_per_level"] = self.allocation_choice.min_count
+      options["allocation_budget"] = self.allocation_choice.budget
+    if len(self.dilations) > 1:
+      options["dilations"] = list(self.dilations)
+    return options
 
   # ---- encoding ---------------------------------------------------------------
 
@@ -234,21 +289,28 @@ class ScalePermutedSpace(SearchSpace):
         raise ArchitectureError(
             f"blocks[{b}].block_fn: {block.block_fn!r} is not a block type of this space "
             f"({', '.join(self.block_fns)})")
+      if block.dilation not in self.dilations:
+        raise ArchitectureError(
+            f"blocks[{b}].dilation: {block.dilation} is not a dilation rate of this space "
+            f"({', '.join(map(str, self.dilations))})")
     out_levels = [block.level for block in blocks[n:]]
     if sorted(out_levels) != list(self.output_levels):
       raise ArchitectureError(
           f"blocks: output block levels {out_levels} are not one each of this space's "
           f"output levels {list(self.output_levels)}")
     parents = [self._canonical_parents(b, block) for b, block in enumerate(blocks)]
-    bases = self._assign_base_levels([block.level for block in blocks[:n]])
+    allocation, bases = self._match_allocation([block.level for block in blocks[:n]])
 
-    decisions = [self.base_levels.index(base) for base in bases]
+    decisions = self.allocation_choice.encode(allocation) if self.allocation_choice else []
+    decisions += [self.base_levels.index(base) for base in bases]
     decisions += [self.output_levels.index(level) for level in out_levels]
     for b, block in enumerate(blocks):
       decisions += parents[b]
       if b < n:
         decisions.append(self.level_offsets.index(block.level - bases[b]))
       decisions.append(self.block_fns.index(block.block_fn))
+      if len(self.dilations) > 1:
+        decisions.append(self.dilations.index(block.dilation))
     return decisions
 
   def block_names(self, blocks: Sequence[BlockSpec]) -> List[str]:
@@ -266,7 +328,7 @@ class ScalePermutedSpace(SearchSpace):
           f"blocks: this space's architectures have {self.num_intermediate} intermediate "
           f"blocks and one output block per level {list(self.output_levels)}; got "
           f"{len(intermediate)} intermediate and outputs at levels {outputs}")
-    bases = iter(self._assign_base_levels([b.level for b in intermediate]))
+    bases = iter(self._match_allocation([b.level for b in intermediate])[1])
     seen = collections.Counter()
     names = []
     for block in blocks:
@@ -301,13 +363,34 @@ class ScalePermutedSpace(SearchSpace):
   def _preferred_bases(self, level: int) -> List[int]:
     """Base levels that reach `level`, preferring offset 0, then small |offset|."""
     offsets = sorted((o for o in self.level_offsets
-                      if level - o in self.allocation and o in self.valid_offsets(level - o)),
+                      if level - o in self.base_levels and o in self.valid_offsets(level - o)),
                      key=lambda o: (abs(o), o))
     return [level - o for o in offsets]
 
-  def _assign_base_levels(self, levels: Sequence[int]) -> List[int]:
-    """Matches intermediate levels to base levels (a multiset given by the
-    allocation); the first match in block order under _preferred_bases wins."""
+  def _match_allocation(self, levels: Sequence[int]) -> Tuple[Dict[int, int], List[int]]:
+    """The allocation intermediate blocks of these levels come from, and each
+    block's base level. A fixed allocation is the space's; a searched one is
+    the first that fits, nearest (in blocks moved) to the blocks' own levels."""
+    if not self.allocation_choice:
+      return self.allocation, self._assign_base_levels(levels, self.allocation)
+    own = collections.Counter(levels)
+    candidates = sorted(self.allocation_choice.allocations(),
+                        key=lambda a: (sum(abs(a[base] - own[base]) for base in a),
+                                       tuple(a.values())))
+    for allocation in candidates:
+      try:
+        return allocation, self._assign_base_levels(levels, allocation)
+      except ArchitectureError:
+        continue
+    needed = dict(sorted(own.items()))
+    raise ArchitectureError(
+        f"blocks: intermediate levels (count per level {needed}) cannot be made from any "
+        f"allocation of this space with offsets {list(self.level_offsets)}")
+
+  def _assign_base_levels(self, levels: Sequence[int],
+                          allocation: Mapping[int, int]) -> List[int]:
+    """Matches intermediate levels to base levels (a multiset given by
+    `allocation`); the first match in block order under _preferred_bases wins."""
     candidates = []
     for b, level in enumerate(levels):
       bases = self._preferred_bases(level)
@@ -326,12 +409,12 @@ class ScalePermutedSpace(SearchSpace):
                  completes(i + 1, _taken(remaining, self.base_levels.index(base)))
                  for base in candidates[i])
 
-    remaining = tuple(self.allocation.values())
+    remaining = tuple(allocation.get(base, 0) for base in self.base_levels)
     if not completes(0, remaining):
       needed = dict(sorted(collections.Counter(levels).items()))
       raise ArchitectureError(
           f"blocks: intermediate levels (count per level {needed}) cannot be made from the "
-          f"base levels {self.allocation} (count per level) with offsets "
+          f"base levels {dict(allocation)} (count per level) with offsets "
           f"{list(self.level_offsets)}")
     bases = []
     for i in range(len(levels)):
@@ -354,6 +437,7 @@ class _ScalePermutedCursor(SequentialCursor):
 
   def __init__(self, space: ScalePermutedSpace):
     super().__init__(space)
+    self._counts: List[int] = []  # a searched allocation's counts so far
     self._remaining = dict(space.allocation)
     self._unused_outputs = set(space.output_levels)
     self._bases: List[int] = []
@@ -365,6 +449,8 @@ class _ScalePermutedCursor(SequentialCursor):
   def _compute_mask(self, decision: Decision) -> Mask:
     space = self._space
     kind = decision.kind
+    if kind == "allocation_count":
+      return space.allocation_choice.mask(self._counts)
     if kind == "intermediate_base_level":
       return tuple(self._remaining[b] > 0 for b in space.base_levels)
     if kind == "output_level":
@@ -378,13 +464,22 @@ class _ScalePermutedCursor(SequentialCursor):
     if kind == "level_offset":
       valid = space.valid_offsets(self._bases[len(self._blocks)])
       return tuple(o in valid for o in space.level_offsets)
+    if kind == "dilation":
+      dilated = self._blocks[-1].block_fn == "bottleneck"
+      return tuple(dilated or d == 1 for d in space.dilations)
     return (True,) * len(space.block_fns)
 
   def _apply(self, decision: Decision, choice: int) -> None:
     space = self._space
     kind = decision.kind
     block = len(self._blocks)
-    if kind == "intermediate_base_level":
+    if kind == "allocation_count":
+      self._counts.append(choice)
+      if len(self._counts) == len(space.base_levels):
+        self._remaining = dict(zip(space.base_levels, self._counts))
+    elif kind == "dilation":
+      self._blocks[-1] = self._blocks[-1].replace(dilation=space.dilations[choice])
+    elif kind == "intermediate_base_level":
       base = space.base_levels[choice]
       self._remaining[base] -= 1
       self._bases.append(base)

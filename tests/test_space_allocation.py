@@ -1,0 +1,182 @@
+"""Stage reallocation (CR-NAS): the allocation as decisions, under a fixed block
+total and a block-cost budget; the scale-decreased space; per-block dilation
+in the schema, the spaces and the Model Garden build."""
+import json
+import random
+
+import numpy as np
+import pytest
+
+from spinesearch.errors import ArchitectureError, ConfigError
+from spinesearch.space import known
+from spinesearch.space.allocation import AllocationChoice, block_cost
+from spinesearch.space.architecture import Architecture
+from spinesearch.space.registry import build_space, space_from_config
+
+NEW_SPACES = [("spinenet", "realloc"), ("scale_decreased", "default"),
+              ("scale_decreased", "dilated")]
+# ResNet-50's stages C2..C5 ([3, 4, 6, 3] blocks) and one block each for P6, P7.
+RESNET_LIKE = {2: 3, 3: 4, 4: 6, 5: 3, 6: 1, 7: 1}
+
+
+@pytest.mark.parametrize("space_name,preset", NEW_SPACES)
+def test_200_samples_validate_round_trip_and_survive_json(space_name, preset):
+  space = build_space(space_name, preset)
+  rng = random.Random(1)
+  seen = set()
+  for _ in range(200):
+    architecture = space.decode(space.sample(rng))
+    space.validate(architecture)
+    again = Architecture.from_json(architecture.to_json())
+    assert again == architecture
+    assert space.decode(space.encode(again)).fingerprint() == architecture.fingerprint()
+    seen.add(architecture.fingerprint())
+  assert len(seen) > 190
+  assert space_from_config(json.loads(json.dumps(space.config()))).config() == space.config()
+
+
+def test_the_published_points_lie_in_the_new_spaces():
+  realloc = build_space("spinenet", "realloc")
+  spinenet49 = known.spinenet49()
+  assert realloc.decode(realloc.encode(spinenet49)).fingerprint() == spinenet49.fingerprint()
+  decreased = build_space("scale_decreased")
+  reference = known.scale_decreased(spinenet49)
+  assert known.published_point(decreased) == reference
+  assert decreased.decode(decreased.encode(reference)).fingerprint() == reference.fingerprint()
+  # A ResNet-like allocation: 18 blocks in level order, 2 residual.
+  resnet_like = build_space("scale_decreased", allocation=RESNET_LIKE)
+  fns = [("residual" if i < 2 else "bottleneck", 1) for i in range(18)]
+  blocks = resnet_like.blocks_for(RESNET_LIKE, fns)
+  architecture = Architecture(space="spinenet", blocks=blocks).validate()
+  assert [b.level for b in blocks] == [2] * 3 + [3] * 4 + [4] * 6 + [5] * 3 + [6, 7]
+  assert [i for i, b in enumerate(blocks) if b.is_output] == [6, 12, 15, 16, 17]
+  assert all(b.input_offsets == (i, i + 1) for i, b in enumerate(blocks))
+  decisions = resnet_like.encode(architecture)
+  assert decisions[:6] == [3, 4, 6, 3, 1, 1]
+  assert resnet_like.decode(decisions) == architecture
+  # The scale-permuted SpineNet-49 is not a scale-decreased architecture.
+  with pytest.raises(ArchitectureError, match="level order"):
+    decreased.encode(spinenet49)
+
+
+@pytest.mark.parametrize("budget", [0.75, 1.0, 1.5])
+def test_a_budgeted_allocation_never_exceeds_its_budget(budget):
+  for space in (build_space("spinenet", search_allocation=True, allocation_budget=budget),
+                build_space("scale_decreased", allocation_budget=budget)):
+    choice = space.allocation_choice if hasattr(space, "allocation_choice") else space.choice
+    rng = random.Random(int(budget * 10))
+    costs = []
+    for _ in range(300):
+      decisions = space.sample(rng)
+      counts = decisions[:len(choice.levels)]
+      allocation = dict(zip(choice.levels, counts))
+      assert sum(counts) == choice.total and min(counts) >= choice.min_count
+      costs.append(choice.relative_cost(allocation))
+      assert costs[-1] <= budget + 1e-9, (allocation, costs[-1])
+    # Every allocation the masks allow fits, and the budget binds: some use most of it.
+    assert all(choice.fits(a) for a in choice.allocations())
+    assert max(costs) > 0.8 * min(budget, max(choice.relative_cost(a)
+                                              for a in choice.allocations()))
+  # Outside the budget is outside the space.
+  tight = build_space("scale_decreased", allocation_budget=0.6)
+  reference = known.scale_decreased(known.spinenet49())
+  with pytest.raises(ArchitectureError, match="block cost at most 0.6x"):
+    tight.encode(reference)
+
+
+def test_block_costs_follow_model_gardens_widths():
+  # 64^2/4^2 = 128^2/4^3 = 256^2/4^4: the widths double as the resolution halves up to L4.
+  assert block_cost(2) == block_cost(3) == block_cost(4) == 256
+  assert (block_cost(5), block_cost(6), block_cost(7)) == (64, 16, 4)
+  choice = AllocationChoice({2: 1, 3: 1, 4: 4, 5: 4}, budget=1.0)
+  assert choice.cost({2: 1, 3: 1, 4: 4, 5: 4}) == 6 * 256 + 4 * 64
+  # Moving a block from L5 to L4 costs 192 more units: over a budget of 1.0.
+  assert not choice.fits({2: 1, 3: 1, 4: 5, 5: 3})
+  assert choice.fits({2: 1, 3: 1, 4: 3, 5: 5})
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"search_allocation": False, "allocation_budget": 1.0}, "apply only with search_allocation"),
+    ({"search_allocation": True, "allocation_budget": 0.01}, "no allocation of 10 blocks fits"),
+    ({"search_allocation": True, "min_blocks_per_level": 3}, "need more than the 10 blocks"),
+    ({"dilations": (2, 3)}, "include 1"),
+    ({"dilations": (1, 2), "block_fns": ("residual",)}, "dilations need bottleneck blocks"),
+])
+def test_bad_allocation_and_dilation_settings_are_refused(settings, message):
+  with pytest.raises(ConfigError, match=message):
+    build_space("spinenet", **settings)
+
+
+def test_dilation_is_schema_checked_and_only_bottlenecks_take_it():
+  blocks = list(known.spinenet49().blocks)
+  residual = next(i for i, b in enumerate(blocks) if b.block_fn == "residual")
+  bottleneck = next(i for i, b in enumerate(blocks) if b.block_fn == "bottleneck")
+  data = known.spinenet49().to_dict()
+  # Undilated blocks keep the JSON they had.
+  assert all("dilation" not in b for b in data["blocks"])
+  data["blocks"][bottleneck]["dilation"] = 2
+  assert Architecture.from_dict(data).blocks[bottleneck].dilation == 2
+  for index, value, message in ((residual, 2, "only bottleneck blocks can be dilated"),
+                                (bottleneck, 4, "must be an integer 1..3"),
+                                (bottleneck, "2", "expected an integer")):
+    bad = json.loads(json.dumps(data))
+    bad["blocks"][index]["dilation"] = value
+    with pytest.raises(ArchitectureError, match=message):
+      Architecture.from_dict(bad)
+  # A space without dilation refuses a dilated architecture.
+  with pytest.raises(ArchitectureError, match="not a dilation rate of this space"):
+    build_space("spinenet").encode(Architecture.from_dict(data))
+  # Dilation changes the architecture's identity.
+  assert Architecture.from_dict(data).fingerprint() != known.spinenet49().fingerprint()
+
+
+def test_the_dilation_mask_follows_the_block_type():
+  space = build_space("spinenet", "realloc")
+  rng = random.Random(5)
+  rates = {"bottleneck": set(), "residual": set()}
+  for _ in range(100):
+    for block in space.decode(space.sample(rng)).blocks:
+      rates[block.block_fn].add(block.dilation)
+  assert rates == {"bottleneck": {1, 2, 3}, "residual": {1}}
+
+
+def test_a_dilated_block_builds_with_its_rate_through_model_garden():
+  import tensorflow as tf
+  from official.vision.modeling.backbones import spinenet
+  from official.vision.modeling.layers import nn_blocks
+  from spinesearch.modeling import builder
+  from spinesearch.proxy import ProxyConfig
+  tiny = ProxyConfig.from_preset("tiny")
+  blocks = list(known.spinenet49().blocks)
+  index = next(i for i, b in enumerate(blocks) if b.block_fn == "bottleneck")
+  blocks[index] = blocks[index].replace(dilation=3)
+  architecture = tiny.scaled(known.spinenet49().replace(blocks=tuple(blocks)))
+  model = builder.build_backbone(architecture, image_size=128)
+  rates = [layer.dilation_rate for layer in model.submodules
+           if isinstance(layer, tf.keras.layers.Conv2D) or type(layer).__name__ == "Conv2D"]
+  # Exactly the block's 3x3 convolution is dilated.
+  assert sorted(set(map(tuple, rates))) == [(1, 1), (3, 3)]
+  assert sum(tuple(r) == (3, 3) for r in rates) == 1
+  assert spinenet.nn_blocks is nn_blocks  # Model Garden's module is left as it was
+  outputs = model(tf.random.stateless_normal([1, 128, 128, 3], seed=[0, 1]))
+  assert all(np.isfinite(v.numpy()).all() for v in outputs.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space_name,preset", NEW_SPACES)
+def test_200_samples_build_at_tiny_size_with_finite_outputs(space_name, preset):
+  import tensorflow as tf
+  import tf_keras
+  from spinesearch.modeling import builder
+  from spinesearch.proxy import ProxyConfig
+  tiny = ProxyConfig.from_preset("tiny")
+  space = build_space(space_name, preset)
+  rng = random.Random(2)
+  images = tf.random.stateless_normal([1, 128, 128, 3], seed=[0, 1])
+  for _ in range(200):
+    architecture = tiny.scaled(space.sample_architecture(rng))
+    model = builder.build_backbone(architecture, image_size=128)
+    outputs = model(images, training=True)
+    assert sorted(int(k) for k in outputs) == list(architecture.output_levels)
+    assert all(np.isfinite(v.numpy()).all() for v in outputs.values())
+    tf_keras.backend.clear_session()
