@@ -39,7 +39,9 @@ def model_garden_config(entry: ZooEntry, *, image_size: Optional[int] = None,
       pre_nms_score_threshold=head.pre_nms_score_threshold,
       nms_iou_threshold=head.nms_iou_threshold,
       max_num_detections=head.max_num_detections)
-  config.task.model.head.use_separable_conv = head.use_separable_conv
+  # An entry's head may ask for separable convolutions beyond its architecture's.
+  config.task.model.head.use_separable_conv = (head.use_separable_conv or
+                                               entry.architecture.head.separable)
   return config
 
 

@@ -49,6 +49,10 @@ flags.DEFINE_enum("space_preset", "default", list(space_registry.preset_names())
                   "'realloc' (spinenet, joint) also searches how many blocks each level "
                   "gets at no more block cost, and a dilation rate 1-3 per bottleneck "
                   "block (CR-NAS); 'dilated' (scale_decreased) adds the dilation rates.")
+flags.DEFINE_boolean("search_head", False,
+                     "Also search the detection head (NAS-FCOS, Hit-Detector): convolutions "
+                     "per head 1-4, width x0.5/x1/x2 of the scaling's, separable or not, "
+                     "and with merging cells the NAS-FPN repeats 1/3/5/7. Any space.")
 flags.DEFINE_integer("parent_window", None,
                      "Intermediate SpineNet blocks pick parents among the last K blocks "
                      "built (default: the preset's, 5 in the paper).", lower_bound=2)
@@ -272,6 +276,8 @@ def space_options() -> Dict[str, Any]:
       raise ConfigError(f"--parent_window applies to --search_space=spinenet only, "
                         f"not {FLAGS.search_space}")
     options["parent_window"] = FLAGS.parent_window
+  if FLAGS.search_head:
+    options["search_head"] = True
   return options
 
 

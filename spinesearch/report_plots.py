@@ -15,7 +15,9 @@ same way, after the pyramid features they read (the fixed backbone's, or the
 searched backbone's output blocks), once: Model Garden stacks them
 `fpn_num_repeats` times. Model Garden also adds a block that no
 later block reads into the output block of its level when their shapes
-match; those implicit sums are not drawn.
+match; those implicit sums are not drawn. A dilated block's label carries its
+rate ("L4d2"); a searched head and NAS-FPN repeat count are written under the
+title (`head_caption`).
 """
 import dataclasses
 import os
@@ -38,12 +40,14 @@ class Node:
   level: int
   op: str
   is_output: bool
+  dilation: int = 1
 
   @property
   def label(self) -> str:
     if self.kind == "feature":
       return f"C{self.level}"
-    return f"P{self.level}" if self.is_output else f"L{self.level}"
+    label = f"P{self.level}" if self.is_output else f"L{self.level}"
+    return label + (f"d{self.dilation}" if self.dilation != 1 else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +69,8 @@ def architecture_graph(architecture: Architecture) -> ArchitectureGraph:
       nodes.append(Node("stem", len(nodes), 2, "stem", False))
     for block in architecture.blocks:
       child = len(nodes)
-      nodes.append(Node("block", child, block.level, block.block_fn, block.is_output))
+      nodes.append(Node("block", child, block.level, block.block_fn, block.is_output,
+                        block.dilation))
       edges.extend((offset, child) for offset in block.input_offsets)
       if block.is_output:
         pyramid[block.level] = child
@@ -82,6 +87,23 @@ def architecture_graph(architecture: Architecture) -> ArchitectureGraph:
       nodes.append(Node("cell", first_x + i, cell.level, cell.combine_fn, cell.is_output))
       edges.extend((sources[offset], sources[-1]) for offset in cell.input_offsets)
   return ArchitectureGraph(tuple(nodes), tuple(edges))
+
+
+def head_caption(architecture: Architecture) -> str:
+  """The searched head and NAS-FPN repeats in words, or "" when the
+  architecture leaves them to its scaling."""
+  head, parts = architecture.head, []
+  if head.num_convs:
+    parts.append(f"{head.num_convs} conv{'s' if head.num_convs > 1 else ''} per head")
+  if head.filters_scale != 1.0:
+    parts.append(f"width x{head.filters_scale:g}")
+  if head.separable:
+    parts.append("separable")
+  text = "head: " + ", ".join(parts) if parts else ""
+  if architecture.fpn_repeats:
+    repeats = f"NAS-FPN cells x{architecture.fpn_repeats}"
+    text = f"{text}; {repeats}" if text else repeats
+  return text
 
 
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
@@ -213,7 +235,8 @@ def plot_architecture(architecture: Architecture, path: str, title: str) -> None
   axis.set_xticks([])
   axis.set_xlabel("build order")
   axis.set_ylabel("feature level")
-  axis.set_title(title, fontsize=10)
+  caption = head_caption(architecture)
+  axis.set_title(f"{title}\n{caption}" if caption else title, fontsize=10)
   axis.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
   for side in ("top", "right"):
     axis.spines[side].set_visible(False)

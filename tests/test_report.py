@@ -145,6 +145,23 @@ def test_the_diagram_connects_cells_to_the_backbones_outputs():
       ("block", 4, True), ("block", 6, True)]
 
 
+def test_the_diagram_shows_dilation_and_a_searched_head(tmp_path):
+  from spinesearch.space.architecture import HeadSpec
+  blocks = list(known.spinenet49().blocks)
+  blocks[0] = blocks[0].replace(dilation=2)
+  architecture = known.spinenet49_nasfpn().replace(blocks=tuple(blocks),
+                                                   head=HeadSpec(2, 0.5, True), fpn_repeats=3)
+  graph = report_plots.architecture_graph(architecture)
+  labels = [n.label for n in graph.nodes if n.kind == "block"]
+  assert labels[0] == f"L{blocks[0].level}d2" and not any("d" in x for x in labels[1:])
+  assert report_plots.head_caption(architecture) == \
+      "head: 2 convs per head, width x0.5, separable; NAS-FPN cells x3"
+  assert report_plots.head_caption(known.spinenet49()) == ""
+  path = str(tmp_path / "a.png")
+  report_plots.plot_architecture(architecture, path, "dilated")
+  assert os.path.getsize(path) > 1000
+
+
 def test_a_report_error_is_a_warning_and_the_search_still_succeeds(tmp_path, monkeypatch,
                                                                    capsys):
   def broken(*args, **kwargs):

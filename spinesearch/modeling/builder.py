@@ -125,7 +125,7 @@ def build_decoder(architecture: Architecture, backbone_output_specs,
       max_level=architecture.max_level,
       block_specs=[nasfpn.BlockSpec(*c.as_tuple()) for c in architecture.cells],
       num_filters=architecture.scaling.fpn_num_filters,
-      num_repeats=architecture.scaling.fpn_num_repeats,
+      num_repeats=architecture.built_scaling.fpn_num_repeats,
       activation=activation,
       norm_momentum=norm_momentum,
       norm_epsilon=norm_epsilon,
@@ -147,7 +147,9 @@ def retinanet_config_fields(architecture: Architecture, *, num_classes: int,
   """Fields of Model Garden's RetinaNet model config other than the backbone
   and decoder: classes, input size, levels, anchors, head, NMS, norm/activation.
 
-  The head's depth and width come from `architecture.scaling`. Shared by
+  The head's depth and width come from `architecture.built_scaling` (the
+  scaling with a searched head applied), separable convolutions from
+  `architecture.head`. Shared by
   `build_retinanet` and the Model Garden experiment config (`garden.py`) so
   both describe the same model.
   """
@@ -158,7 +160,7 @@ def retinanet_config_fields(architecture: Architecture, *, num_classes: int,
   if not aspect_ratios or any(r <= 0 for r in aspect_ratios):
     raise ConfigError(f"aspect_ratios: expected positive numbers, got {list(aspect_ratios)!r}")
   _check_activation(activation)
-  scaling = architecture.scaling
+  scaling = architecture.built_scaling
   return dict(
       num_classes=num_classes,
       input_size=[image_size, image_size, 3],
@@ -168,7 +170,8 @@ def retinanet_config_fields(architecture: Architecture, *, num_classes: int,
                                   aspect_ratios=[float(r) for r in aspect_ratios],
                                   anchor_size=float(anchor_size)),
       head=retinanet_cfg.RetinaNetHead(num_convs=scaling.head_num_convs,
-                                       num_filters=scaling.head_num_filters),
+                                       num_filters=scaling.head_num_filters,
+                                       use_separable_conv=architecture.head.separable),
       detection_generator=retinanet_cfg.DetectionGenerator(
           nms_version=NMS_VERSION,
           pre_nms_top_k=pre_nms_top_k,

@@ -29,6 +29,7 @@ NUM_STEM_BLOCKS = 2
 MIN_BLOCK_LEVEL = 1
 MAX_BLOCK_LEVEL = 7
 MAX_DILATION = 3
+MAX_HEAD_CONVS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,38 @@ class CellSpec:
   def as_tuple(self) -> tuple:
     return (self.level, self.combine_fn, tuple(self.input_offsets),
             self.is_output)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """Searched head settings (NAS-FCOS, Hit-Detector), applied on top of the
+  scaling, so a proxy's scaling keeps them: `num_convs` convolutions per head
+  (0: the scaling's head_num_convs), `filters_scale` times the scaling's
+  head_num_filters, depthwise-separable convolutions or not."""
+  num_convs: int = 0
+  filters_scale: float = 1.0
+  separable: bool = False
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, data: Any, where: str = "head") -> "HeadSpec":
+    _require_mapping(data, where)
+    _refuse_unknown_keys(data, [f.name for f in dataclasses.fields(cls)], where)
+    num_convs = data.get("num_convs", 0)
+    if isinstance(num_convs, bool) or not isinstance(num_convs, int) or \
+        not 0 <= num_convs <= MAX_HEAD_CONVS:
+      raise ArchitectureError(f"{where}.num_convs: expected an integer 0..{MAX_HEAD_CONVS} "
+                              f"(0: the scaling's), got {num_convs!r}")
+    scale = data.get("filters_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or \
+        not math.isfinite(scale) or scale <= 0:
+      raise ArchitectureError(f"{where}.filters_scale: expected a number > 0, got {scale!r}")
+    separable = data.get("separable", False)
+    if not isinstance(separable, bool):
+      raise ArchitectureError(f"{where}.separable: expected true or false, got {separable!r}")
+    return cls(num_convs, float(scale), separable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +152,10 @@ class Architecture:
   scaling: Scaling = dataclasses.field(default_factory=Scaling)
   name: str = ""
   version: int = SCHEMA_VERSION
+  # Searched settings that a proxy's scaling does not replace (0 / default:
+  # the scaling's): the head, and the number of NAS-FPN repeats.
+  head: HeadSpec = dataclasses.field(default_factory=HeadSpec)
+  fpn_repeats: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -146,6 +183,20 @@ class Architecture:
 
   def with_scaling(self, scaling: Optional[Scaling] = None, **changes) -> "Architecture":
     return self.replace(scaling=(scaling or self.scaling).replace(**changes))
+
+  @property
+  def built_scaling(self) -> Scaling:
+    """The scaling the model is built with: `scaling` with the searched head
+    and NAS-FPN repeats applied."""
+    changes = {}
+    if self.head.num_convs:
+      changes["head_num_convs"] = self.head.num_convs
+    if self.head.filters_scale != 1.0:
+      changes["head_num_filters"] = max(1, round(self.scaling.head_num_filters *
+                                                 self.head.filters_scale))
+    if self.fpn_repeats:
+      changes["fpn_num_repeats"] = self.fpn_repeats
+    return self.scaling.replace(**changes)
 
   def check_image_size(self, image_size: int) -> None:
     """Model Garden needs the input to divide by the coarsest stride."""
@@ -181,6 +232,13 @@ class Architecture:
       raise ArchitectureError(f"cells: a {self.space} architecture has no merging cells")
     if self.blocks:
       _validate_blocks(self.blocks)
+    if isinstance(self.fpn_repeats, bool) or not isinstance(self.fpn_repeats, int) or \
+        self.fpn_repeats < 0:
+      raise ArchitectureError(f"fpn_repeats: expected an integer >= 0 (0: the scaling's), "
+                              f"got {self.fpn_repeats!r}")
+    if self.fpn_repeats and not self.cells:
+      raise ArchitectureError("fpn_repeats: only an architecture with merging cells has "
+                              "NAS-FPN repeats")
     if self.cells:
       # Without searched blocks the fixed backbone serves whatever levels the
       # cells' outputs span (Model Garden's NAS-FPN adds missing coarse levels).
@@ -201,6 +259,10 @@ class Architecture:
     if self.cells:
       data["cells"] = [_spec_dict(c) for c in self.cells]
     data["scaling"] = self.scaling.to_dict()
+    if self.head != HeadSpec():
+      data["head"] = self.head.to_dict()
+    if self.fpn_repeats:
+      data["fpn_repeats"] = self.fpn_repeats
     return data
 
   def to_json(self, indent: Optional[int] = 2) -> str:
@@ -209,15 +271,19 @@ class Architecture:
   def fingerprint(self) -> str:
     """Canonical text of the structure alone (no name, no scaling): equal
     fingerprints mean the same searched architecture."""
-    return json.dumps({"space": self.space,
-                       "blocks": [b.key() for b in self.blocks],
-                       "cells": [c.as_tuple() for c in self.cells]},
-                      separators=(",", ":"))
+    structure = {"space": self.space,
+                 "blocks": [b.key() for b in self.blocks],
+                 "cells": [c.as_tuple() for c in self.cells]}
+    if self.head != HeadSpec():
+      structure["head"] = self.head.to_dict()
+    if self.fpn_repeats:
+      structure["fpn_repeats"] = self.fpn_repeats
+    return json.dumps(structure, separators=(",", ":"))
 
   @classmethod
   def from_dict(cls, data: Any) -> "Architecture":
     _require_mapping(data, "architecture")
-    allowed = {"version", "space", "name", "blocks", "cells", "scaling"}
+    allowed = {"version", "space", "name", "blocks", "cells", "scaling", "head", "fpn_repeats"}
     _refuse_unknown_keys(data, allowed, "architecture")
     for key in ("version", "space"):
       if key not in data:
@@ -234,6 +300,8 @@ class Architecture:
         cells=tuple(_parse_spec(CellSpec, "combine_fn", c, f"cells[{i}]")
                     for i, c in enumerate(_list(data, "cells"))),
         scaling=Scaling.from_dict(data.get("scaling", {})),
+        head=HeadSpec.from_dict(data.get("head", {})),
+        fpn_repeats=data.get("fpn_repeats", 0),
     )
     return arch.validate()
 

@@ -6,6 +6,7 @@ from typing import Any, Dict, Mapping, Tuple, Type
 from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.space.architecture import SPACES as ARCHITECTURE_SPACES, Architecture
 from spinesearch.space.base import SearchSpace
+from spinesearch.space.head import WithHead
 from spinesearch.space.joint import JointSpace
 from spinesearch.space.nasfpn import PRESETS as NASFPN_PRESETS, MergingCellSpace
 from spinesearch.space.scale_decreased import (PRESETS as SCALE_DECREASED_PRESETS,
@@ -41,8 +42,18 @@ def _space_class(name: Any) -> Type[SearchSpace]:
   return SPACES[name]
 
 
-def build_space(name: str, preset: str = "default", **settings) -> SearchSpace:
-  """The space `name` with a preset's settings, overridden by `settings`."""
+def build_space(name: str, preset: str = "default", *, search_head=False,
+                **settings) -> SearchSpace:
+  """The space `name` with a preset's settings, overridden by `settings`;
+  with `search_head` (True, or WithHead's keyword arguments) it also searches
+  the detection head (`space.head`)."""
+  space = _build_space(name, preset, **settings)
+  if search_head:
+    return WithHead(space, **(search_head if isinstance(search_head, Mapping) else {}))
+  return space
+
+
+def _build_space(name: str, preset: str = "default", **settings) -> SearchSpace:
   cls = _space_class(name)
   if cls is JointSpace:
     if settings:
@@ -59,6 +70,13 @@ def space_from_config(config: Mapping) -> SearchSpace:
     raise ConfigError(f"search space config: expected an object, got {type(config).__name__}")
   if "name" not in config:
     raise ConfigError("search space config: missing key 'name'")
+  if "head" in config:
+    head = config["head"]
+    if not isinstance(head, Mapping):
+      raise ConfigError(f"search space config: head must be an object, got {head!r}")
+    inner = space_from_config({k: v for k, v in config.items() if k != "head"})
+    _refuse_unknown_settings(WithHead, head, skip=("space",))
+    return WithHead(inner, **head)
   cls = _space_class(config["name"])
   settings = {k: v for k, v in config.items() if k != "name"}
   if cls is JointSpace:
@@ -82,9 +100,11 @@ def space_for(architecture: Architecture) -> SearchSpace:
   return SPACES[architecture.space]()
 
 
-def _refuse_unknown_settings(cls: Type[SearchSpace], settings: Mapping) -> None:
-  valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+def _refuse_unknown_settings(cls: Type[SearchSpace], settings: Mapping, skip=()) -> None:
+  valid = [p for p in inspect.signature(cls.__init__).parameters
+           if p != "self" and p not in skip]
   unknown = sorted(set(settings) - set(valid))
   if unknown:
-    raise ConfigError(f"{cls.name} space: unknown setting(s) {', '.join(unknown)}; "
+    label = f"{cls.name} space" if isinstance(cls.name, str) else "search space head"
+    raise ConfigError(f"{label}: unknown setting(s) {', '.join(unknown)}; "
                       f"valid: {', '.join(valid)}")
