@@ -53,8 +53,9 @@ def training_config(entry: ZooEntry, *, preset: str = "quickstart",
 class EntryTrainingTask(ProxyTask):
   """The proxy task on an entry's model instead of the proxy's own build."""
 
-  def __init__(self, config: ProxyConfig, dataset: DatasetPaths, entry: ZooEntry):
-    super().__init__(config, dataset)
+  def __init__(self, config: ProxyConfig, dataset: DatasetPaths, entry: ZooEntry,
+               checkpoint: Optional[TrainingCheckpoint] = None):
+    super().__init__(config, dataset, checkpoint)
     self.entry = entry
 
   def build_model(self, arch: Architecture, block_names=None):
@@ -87,8 +88,7 @@ def train_entry(entry: ZooEntry, dataset: DatasetPaths, config: ProxyConfig, *,
   Ctrl-C); it is removed once the entry is written."""
   entry = adapt_to_dataset(entry, dataset)
   start = time.perf_counter()
-  task = EntryTrainingTask(config, dataset, entry)
-  task.checkpoint = checkpoint
+  task = EntryTrainingTask(config, dataset, entry, checkpoint)
   model, result = task.fit(entry.architecture, progress)
   if not result.ok:
     raise ZooError(f"training {entry.name} failed: {result.error}")

@@ -27,10 +27,8 @@ def _arch():
 
 def _task(dataset, path, fingerprint="settings-a"):
   from spinesearch.proxy import ProxyTask
-  task = ProxyTask(ProxyConfig.from_preset("tiny", image_size=64, train_steps=5,
-                                           measure_cost=False), dataset)
-  task.checkpoint = TrainingCheckpoint(path, fingerprint, every_s=1e9)
-  return task
+  config = ProxyConfig.from_preset("tiny", image_size=64, train_steps=5, measure_cost=False)
+  return ProxyTask(config, dataset, TrainingCheckpoint(path, fingerprint, every_s=1e9))
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint(dataset_64, tmp_path):

@@ -202,8 +202,9 @@ class _DilatedBlocks:
   """Model Garden's nn_blocks, with BottleneckBlock at a fixed dilation rate."""
 
   def __init__(self, rate: int):
-    self.BottleneckBlock = functools.partial(nn_blocks.BottleneckBlock,  # pylint: disable=invalid-name
-                                             dilation_rate=rate)
+    # The attribute is named as the module's class it stands in for.
+    self.BottleneckBlock = functools.partial(  # pylint: disable=invalid-name
+        nn_blocks.BottleneckBlock, dilation_rate=rate)
 
   def __getattr__(self, attribute):
     return getattr(nn_blocks, attribute)

@@ -95,7 +95,8 @@ class TrainingCheckpoint:
     for i, variable in enumerate(model.trainable_variables):
       for name, slot in optimizer.slots(variable).items():
         arrays[f"s/{i}@{name}"] = slot.numpy()
-    arrays.update(iterations=np.int64(optimizer.iterations.numpy()), step=np.int64(step), loss=np.float64(loss),
+    arrays.update(iterations=np.int64(optimizer.iterations.numpy()), step=np.int64(step),
+                  loss=np.float64(loss),
                   seconds=np.float64(self.seconds_before + seconds),
                   fingerprint=np.array(self.fingerprint))
     files.write_bytes_atomically(self.path, files.npz_bytes(arrays))

@@ -43,11 +43,12 @@ class NonFiniteLoss(Exception):
 class ProxyTask:
   """Trains and evaluates architectures on one dataset with one config."""
 
-  def __init__(self, config: ProxyConfig, dataset: DatasetPaths):
+  def __init__(self, config: ProxyConfig, dataset: DatasetPaths,
+               checkpoint: Optional[TrainingCheckpoint] = None):
     self.config = config
     self.dataset = dataset
-    # Set for long runs that must survive a stop (spinesearch.proxy.checkpoint).
-    self.checkpoint: Optional[TrainingCheckpoint] = None
+    # For long runs that must survive a stop (spinesearch.proxy.checkpoint).
+    self.checkpoint = checkpoint
     lean_graph_optimization()
 
   # ---- public ----------------------------------------------------------------
