@@ -104,19 +104,42 @@ def test_two_architectures_that_share_a_block_share_its_tensors():
   assert {id(v) for v in model_b.weights} >= {id(built_a.variables[k]) for k in common}
 
 
-@pytest.mark.parametrize("space_name", ["spinenet", "nasfpn", "joint"])
-def test_every_key_of_random_samples_has_one_shape(space_name):
-  check_key_shapes(space_name, num_samples=4)
+# Every space with shared weights, and the CR-NAS and head options.
+KEYED_SPACES = [("spinenet", "default", False), ("nasfpn", "default", False),
+                ("joint", "default", False), ("spinenet", "realloc", False),
+                ("scale_decreased", "dilated", False), ("joint", "default", True)]
+
+
+@pytest.mark.parametrize("space_name,preset,head", KEYED_SPACES)
+def test_every_key_of_random_samples_has_one_shape(space_name, preset, head):
+  # The options' spaces with 2 samples here, all with 200 in the slow tests.
+  samples = 4 if (preset, head) == ("default", False) else 2
+  check_key_shapes(space_name, num_samples=samples, preset=preset, search_head=head)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("space_name", ["spinenet", "nasfpn", "joint"])
-def test_every_key_of_200_random_samples_has_one_shape(space_name):
-  check_key_shapes(space_name, num_samples=200)
+@pytest.mark.parametrize("space_name,preset,head", KEYED_SPACES)
+def test_every_key_of_200_random_samples_has_one_shape(space_name, preset, head):
+  check_key_shapes(space_name, num_samples=200, preset=preset, search_head=head)
 
 
-def check_key_shapes(space_name, num_samples):
-  space = build_space(space_name)
+def test_a_searched_head_is_keyed_by_layer_and_shape():
+  from spinesearch.space.architecture import HeadSpec
+  space = build_space("spinenet", search_head=True)
+  narrow, wide = (known.spinenet49().replace(head=HeadSpec(n, 1.0, False)) for n in (2, 3))
+  _, built_2 = build(narrow, space, bank.inherited_variables({}))
+  tf_keras.backend.clear_session()
+  _, built_3 = build(wide, space, bank.inherited_variables({}))
+  head_2 = {k for k in built_2.variables if k.startswith("head/")}
+  head_3 = {k for k in built_3.variables if k.startswith("head/")}
+  # A third convolution adds keys; the first two and the output layers are shared.
+  assert head_2 < head_3
+  assert any(k.startswith("head/classnet-conv_2/kernel/") for k in head_3 - head_2)
+  assert any(k.startswith("head/scores/kernel/") for k in head_2)
+
+
+def check_key_shapes(space_name, num_samples, preset="default", search_head=False):
+  space = build_space(space_name, preset, search_head=search_head)
   shapes = {}
   rng = random.Random(7)
   for _ in range(num_samples):

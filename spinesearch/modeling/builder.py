@@ -29,7 +29,7 @@ from official.vision.modeling.decoders import nasfpn
 
 from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.modeling import structure
-from spinesearch.space.architecture import Architecture, Scaling
+from spinesearch.space.architecture import Architecture, HeadSpec, Scaling
 
 # Mobile SpineNet's block settings (arXiv 2010.11426, Model Garden defaults).
 MBCONV_EXPAND_RATIO = 6
@@ -223,7 +223,7 @@ def build_retinanet(architecture: Architecture, *, num_classes: int,
                             l2_regularizer=l2_regularizer, block_names=block_names, **norm)
   decoder = build_decoder(architecture, backbone.output_specs,
                           l2_regularizer=l2_regularizer, **norm)
-  with structure.part(structure.Part("head")):
+  with structure.part(_head_part(architecture)):
     model = factory.build_retinanet(
         input_specs=tf_keras.layers.InputSpec(shape=[None, image_size, image_size, 3]),
         model_config=model_config,
@@ -293,7 +293,7 @@ def build_dense_detector(architecture: Architecture, *, num_classes: int, image_
   decoder = build_decoder(architecture, backbone.output_specs,
                           l2_regularizer=l2_regularizer, **norm)
   head_config, norm_config = model_config.head, model_config.norm_activation
-  with structure.part(structure.Part("head")):
+  with structure.part(_head_part(architecture)):
     head = dense_prediction_heads.RetinaNetHead(
         min_level=model_config.min_level, max_level=model_config.max_level,
         num_classes=model_config.num_classes,
@@ -309,6 +309,12 @@ def build_dense_detector(architecture: Architecture, *, num_classes: int, image_
     specs = (decoder or backbone).output_specs
     head({level: tf_keras.Input(shape=shape[1:]) for level, shape in specs.items()})
   return DenseDetector(backbone, decoder, head)
+
+
+def _head_part(architecture: Architecture) -> structure.Part:
+  """The head's structural part: 'searched' when the architecture sets its own
+  head (its variables are then keyed by layer and shape, `oneshot.keys`)."""
+  return structure.Part("head", "searched" if architecture.head != HeadSpec() else "")
 
 
 def _model_config(fields: Dict[str, Any]) -> retinanet_cfg.RetinaNet:

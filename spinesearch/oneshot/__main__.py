@@ -25,6 +25,8 @@ flags.DEFINE_enum("search_space", "spinenet", list(space_registry.SPACES),
                   "The space whose architectures share the supernet's weights.")
 flags.DEFINE_enum("space_preset", "default", list(space_registry.preset_names()),
                   "The space's preset (as the search driver's --space_preset).")
+flags.DEFINE_boolean("search_head", False,
+                     "The paths' heads are searched too (as the search driver's --search_head).")
 flags.DEFINE_string("proxy_preset", "quickstart",
                     "Proxy settings every path is built and trained with (scaling, input "
                     "size, anchors, optimizer, batch size): quickstart, paper or tiny.")
@@ -105,7 +107,7 @@ def supernet_config():
                "num_val": FLAGS.synthetic_num_val, "image_size": image_size,
                "seed": FLAGS.synthetic_seed}
   return SupernetConfig(
-      space=FLAGS.search_space, space_preset=FLAGS.space_preset,
+      space=FLAGS.search_space, space_preset=FLAGS.space_preset, search_head=FLAGS.search_head,
       proxy_preset=FLAGS.proxy_preset, proxy_overrides=overrides, dataset=dataset,
       train_steps=FLAGS.train_steps, pool_size=FLAGS.pool_size, path_steps=FLAGS.path_steps,
       sampling=FLAGS.sampling, max_multiply_adds=FLAGS.max_multiply_adds,

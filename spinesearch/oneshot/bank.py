@@ -92,7 +92,10 @@ class _KeyedCreator:
     part, ordinal = marked
     trainable = kwargs.get("trainable")
     trainable = True if trainable is None else bool(trainable)
-    key = keys_lib.variable_key(part, ordinal, trainable)
+    layer = tf.get_current_name_scope().rstrip("/").rsplit("/", 1)[-1]
+    name = str(kwargs.get("name") or "").rsplit("/", 1)[-1].split(":")[0]
+    shape = tuple(tf.TensorShape(kwargs.get("shape") or ()).as_list())
+    key = keys_lib.variable_key(part, ordinal, trainable, (layer, name, shape))
     try:
       return self._create(next_creator, key, kwargs, dtype)
     except ShapeMismatch as error:

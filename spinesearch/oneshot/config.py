@@ -33,7 +33,8 @@ class SupernetConfig:
   """Everything that defines a supernet's training; a resumed training must
   have the same.
 
-  space, space_preset: the search space whose architectures share weights.
+  space, space_preset, search_head: the search space whose architectures
+    share weights (with search_head, its head decisions too).
   proxy_preset, proxy_overrides: the proxy settings paths are built and
     trained with (scaling, input size, anchors, optimizer, batch size).
   dataset: {"type": "synthetic", "num_train", "num_val", "image_size", "seed"}
@@ -52,6 +53,7 @@ class SupernetConfig:
   """
   space: str = "spinenet"
   space_preset: str = "default"
+  search_head: bool = False
   proxy_preset: str = "quickstart"
   proxy_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   dataset: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {
@@ -93,7 +95,8 @@ class SupernetConfig:
   def build_space(self):
     """The search space whose architectures share the supernet's weights."""
     from spinesearch.space import registry
-    space = registry.build_space(self.space, preset=self.space_preset)
+    space = registry.build_space(self.space, preset=self.space_preset,
+                                 search_head=self.search_head)
     backbone = getattr(space, "backbone", space)
     if "mbconv" in getattr(backbone, "block_fns", ()):
       raise ConfigError("supernet: MBConv (mobile) spaces have no one-shot supernet yet: "

@@ -20,7 +20,12 @@ trains the same tensor, and a key always names tensors of one shape:
   cell/<repeat>.<cell>/<i>                  a merging cell's convolution, by identity
   cell_input/<repeat>.<cell>/<role>/<i>     a cell's input projection (input0, input1,
                                             or extra.<source>: an unconsumed feature)
-  head/<i>                                  the RetinaNet head
+  head/<i>                                  the RetinaNet head of the scaling
+  head/<layer>/<variable>/<shape>           a searched head (`space.head`): Model
+                                            Garden's layer ('classnet-conv_1'), the
+                                            variable and its shape, so heads of other
+                                            depths, widths and separability share
+                                            what has one shape
 
 `<i>` counts the variables of the part in creation order.
 
@@ -44,7 +49,7 @@ width differs from Model Garden's 256, are shared by the cell's identity and
 input role; their batch-norm statistics, which the one-shot reward recomputes
 per path anyway, are kept per source feature ('|<source>').
 """
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 from spinesearch.errors import ArchitectureError
 from spinesearch.modeling.structure import Part
@@ -63,9 +68,17 @@ def block_names(space: SearchSpace, architecture: Architecture) -> Optional[List
   return backbone.block_names(architecture.blocks)
 
 
-def variable_key(part: Part, ordinal: int, trainable: bool) -> str:
-  """The key of the `ordinal`-th variable created in `part` (module docstring)."""
+def variable_key(part: Part, ordinal: int, trainable: bool,
+                 variable: Optional[Tuple[str, str, Sequence[int]]] = None) -> str:
+  """The key of the `ordinal`-th variable created in `part` (module
+  docstring); `variable` is its (layer, name, shape), which a searched head's
+  keys need."""
   k = part.kind
+  if k == "head" and part.name == "searched":
+    if variable is None:
+      raise ValueError("a searched head's variables are keyed by layer, name and shape")
+    layer, name, shape = variable
+    return f"head/{layer}/{name}/{'x'.join(str(int(d)) for d in shape) or 'scalar'}"
   if k in ("stem", "head", "resnet"):
     return f"{k}/{ordinal}"
   if k == "block":
