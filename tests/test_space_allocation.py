@@ -84,6 +84,25 @@ def test_a_budgeted_allocation_never_exceeds_its_budget(budget):
     tight.encode(reference)
 
 
+@pytest.mark.parametrize("space", [
+    lambda: build_space("spinenet", intermediate_allocation={2: 1, 3: 1}, output_levels=(3,),
+                        level_offsets=(0, 1), block_fns=("bottleneck", "residual"),
+                        parent_window=2, max_block_level=4, search_allocation=True,
+                        min_blocks_per_level=0, dilations=(1, 2)),
+    lambda: build_space("spinenet", intermediate_allocation={2: 1, 3: 1, 4: 1},
+                        output_levels=(3,), level_offsets=(0,), block_fns=("bottleneck",),
+                        parent_window=2, max_block_level=4, search_allocation=True,
+                        allocation_budget=1.0),
+    lambda: build_space("scale_decreased", allocation={2: 1, 3: 2, 4: 1}, output_levels=(3, 4),
+                        dilations=(1, 3)),
+])
+def test_log10_size_matches_brute_force_enumeration(space):
+  import math
+  from space_helpers import count_sequences
+  space = space()
+  assert space.log10_size() == pytest.approx(math.log10(count_sequences(space)), abs=1e-9)
+
+
 def test_block_costs_follow_model_gardens_widths():
   # 64^2/4^2 = 128^2/4^3 = 256^2/4^4: the widths double as the resolution halves up to L4.
   assert block_cost(2) == block_cost(3) == block_cost(4) == 256
