@@ -147,11 +147,24 @@ def search_settings(space) -> Dict[str, Any]:
 
 # ---- the runs ---------------------------------------------------------------------------
 
-def scratch_proxy(proxy: Dict[str, Any], train_steps: int, batch_size: int) -> Dict[str, Any]:
+def scratch_proxy(proxy: Dict[str, Any], train_steps: int, batch_size: int,
+                  trained_steps: Optional[int] = None) -> Dict[str, Any]:
   """The stand-alone recipe: the search's proxy for `train_steps` steps of
-  `batch_size`."""
+  `batch_size`, its warm-up scaled alike. `trained_steps`: how long the
+  proxy's settings trained when they are a supernet's (whose warm-up was
+  chosen for that length, not for the preset's)."""
+  if trained_steps is not None:
+    proxy = dict(proxy, overrides=dict(proxy["overrides"], train_steps=trained_steps))
   schedule = proxy_schedule(proxy, steps=train_steps)
   return dict(schedule, overrides=dict(schedule["overrides"], batch_size=batch_size))
+
+
+def _supernet_steps(settings: Dict[str, Any]) -> Optional[int]:
+  """The training steps of a one-shot search's supernet (None otherwise)."""
+  if "oneshot" not in settings:
+    return None
+  from spinesearch.oneshot.supernet import Supernet
+  return Supernet.open(settings["oneshot"]["supernet"]).config.train_steps
 
 
 def finetune_reward(settings: Dict[str, Any], train_steps: int,
@@ -166,7 +179,7 @@ def plan(rows: Sequence[Candidate], space, settings: Dict[str, Any], *, seed: in
          train_steps: int, batch_size: int, finetune: bool) -> List[Job]:
   """Every run of the table, once each (a found architecture equal to a
   reference shares its runs), keyed by way, architecture and seed."""
-  proxy = scratch_proxy(settings["proxy"], train_steps, batch_size)
+  proxy = scratch_proxy(settings["proxy"], train_steps, batch_size, _supernet_steps(settings))
   ways = {SCRATCH: lambda s: {"type": "proxy", "proxy": reseeded(proxy, s),
                               "dataset": settings["dataset"], "cost": None}}
   if finetune:
