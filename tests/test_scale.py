@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from spinesearch.proxy import ProxyConfig
-from spinesearch.scale import Rates, at_target, member_settings
+from spinesearch.compound import Rates, at_target, member_settings
 from spinesearch.space.architecture import Architecture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
