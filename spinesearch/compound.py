@@ -10,15 +10,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from spinesearch.files import write_text_atomically
 from spinesearch.jobs import reward_of
 from spinesearch.proxy.config import ProxyConfig
-from spinesearch.space.architecture import Architecture
+from spinesearch.space.architecture import MAX_HEAD_CONVS, Architecture
 
 COSTS_FILE = "scale.costs.json"
 FAMILY_FILE = "family.json"
-MAX_HEAD_CONVS = 8
 
 
 @dataclasses.dataclass(frozen=True)
 class Rates:
+  """Growth per unit of phi: width, depth and resolution factors (beta,
+  alpha, gamma), and head convolutions added."""
   width: float
   depth: float
   resolution: float
