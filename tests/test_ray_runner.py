@@ -276,6 +276,15 @@ def test_a_search_on_ray_completes_its_budget_and_records_a_killed_trial(tmp_pat
   assert all(r[2].startswith("ray:127.0.0.1:") for r in rows)
 
 
+def wait_for_an_unfinished_trial(search_dir, timeout_s=60):
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    if any(t["status"] in ("pending", "running") for t in snapshot(search_dir)[0].values()):
+      return
+    time.sleep(0.02)
+  raise AssertionError(f"no trial pending or running in {timeout_s} s")
+
+
 def test_sigkill_of_the_driver_then_resume_completes_the_budget_once(tmp_path):
   pytest.importorskip("ray")
   search_dir = str(tmp_path / "search")
@@ -285,6 +294,9 @@ def test_sigkill_of_the_driver_then_resume_completes_the_budget_once(tmp_path):
     # Trials take a moment, so both are running when the kill comes.
     driver = Driver(flags, faults="sleep:0.5@*", log=log)
     driver.wait_for_progress(3)
+    # Between a trial's end and the next submission no trial is unfinished:
+    # kill while one is (each runs 0.5 s, so the window is wide).
+    wait_for_an_unfinished_trial(search_dir)
     driver.kill()
     before, observed = snapshot(search_dir)
     assert any(t["status"] in ("pending", "running") for t in before.values())
