@@ -25,7 +25,7 @@ from spinesearch.space import architecture as schema
 from spinesearch.space.allocation import AllocationChoice
 from spinesearch.space.architecture import Architecture, BlockSpec
 from spinesearch.space.base import Decision, Mask, SearchSpace, SequentialCursor
-from spinesearch.space.spinenet import dilation_list
+from spinesearch.space.spinenet import dilation_list, slot_names
 
 # SpineNet-49's 15 blocks by level (10 intermediate, outputs P3..P7).
 DEFAULT_ALLOCATION = {2: 1, 3: 2, 4: 5, 5: 5, 6: 1, 7: 1}
@@ -164,15 +164,7 @@ class ScaleDecreasedSpace(SearchSpace):
     """'L4.2' for the second non-output level-4 block, 'P5' for the level-5
     output: the scale-permuted space's names of the same blocks, so one
     supernet's weights serve both orderings."""
-    seen = collections.Counter()
-    names = []
-    for block in blocks:
-      if block.is_output:
-        names.append(f"P{block.level}")
-      else:
-        seen[block.level] += 1
-        names.append(f"L{block.level}.{seen[block.level]}")
-    return names
+    return slot_names(blocks, [b.level for b in blocks if not b.is_output])
 
 
 class _ScaleDecreasedCursor(SequentialCursor):

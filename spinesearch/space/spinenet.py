@@ -328,17 +328,7 @@ class ScalePermutedSpace(SearchSpace):
           f"blocks: this space's architectures have {self.num_intermediate} intermediate "
           f"blocks and one output block per level {list(self.output_levels)}; got "
           f"{len(intermediate)} intermediate and outputs at levels {outputs}")
-    bases = iter(self._match_allocation([b.level for b in intermediate])[1])
-    seen = collections.Counter()
-    names = []
-    for block in blocks:
-      if block.is_output:
-        names.append(f"P{block.level}")
-      else:
-        base = next(bases)
-        seen[base] += 1
-        names.append(f"L{base}.{seen[base]}")
-    return names
+    return slot_names(blocks, self._match_allocation([b.level for b in intermediate])[1])
 
   def _canonical_parents(self, b: int, block: BlockSpec) -> Tuple[int, int]:
     where = f"blocks[{b}].input_offsets"
@@ -425,6 +415,22 @@ class ScalePermutedSpace(SearchSpace):
           remaining = _taken(remaining, slot)
           break
     return bases
+
+
+def slot_names(blocks: Sequence[BlockSpec], bases: Sequence[int]) -> List[str]:
+  """'P<level>' for an output block; 'L<base>.<k>' for the k-th non-output
+  block (in build order) of base level `bases[i]`, the i-th non-output block's."""
+  bases = iter(bases)
+  seen = collections.Counter()
+  names = []
+  for block in blocks:
+    if block.is_output:
+      names.append(f"P{block.level}")
+    else:
+      base = next(bases)
+      seen[base] += 1
+      names.append(f"L{base}.{seen[base]}")
+  return names
 
 
 def _taken(remaining: Tuple[int, ...], slot: int) -> Tuple[int, ...]:
