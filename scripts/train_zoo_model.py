@@ -31,7 +31,6 @@ the background, e.g. `nohup python scripts/train_zoo_model.py ... > log 2>&1 &`.
 import argparse
 import os
 import sys
-import time
 from typing import Sequence
 
 from spinesearch.errors import ConfigError, run_cli
@@ -142,12 +141,8 @@ def main(argv: Sequence[str]) -> int:
     data, description = load_dataset(args, entry.input_size)
   config = training.training_config(entry, preset=args.preset, **recipe_overrides(args))
   init = training.SupernetInit.of_entry(entry) if args.init_from_supernet else None
-  start = time.perf_counter()
-
-  def progress(step, steps, loss):
-    if step == 1 or step % 100 == 0 or step == steps:
-      print(f"{entry.name}: step {step}/{steps} loss {loss:.4f} "
-            f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+  from spinesearch.progress import step_logger
+  progress = step_logger(entry.name, every=100)
 
   from spinesearch.data import dataset
   from spinesearch.proxy import checkpoint as checkpoint_lib

@@ -3,6 +3,7 @@ architectures, seeds, the stand-alone recipe, fine-tuning from the supernet),
 the table, resuming, refusals in one line, and the command end to end on a
 tiny search."""
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -168,6 +169,26 @@ def test_running_again_evaluates_only_what_is_missing(tmp_path):
   more = CannedRunner()
   results = run_jobs(jobs + [Job("way/3", 0, {"seed": 3})], more, path, "f")
   assert [r["seed"] for r in more.submitted] == [3] and len(results) == 4
+
+
+def test_failed_runs_run_again_and_every_run_may_ask_for_a_checkpoint(tmp_path):
+  path = str(tmp_path / "results.json")
+  jobs = [Job(f"way/arch/seed{s}", 0, {"seed": s}) for s in range(2)]
+  runner = CannedRunner()
+  runner.submit = lambda trial_id, request: (
+      runner.submitted.append(request),
+      runner.queue.append(TrialOutcome(trial_id, "failed" if request["seed"] else "done",
+                                       None if request["seed"] else 0.5, {}, "killed", "canned")))
+  run_jobs(jobs, runner, path, "f", checkpoint_dir="ck")
+  assert [r["checkpoint"] for r in runner.submitted] == [
+      {"folder": "ck", "name": "way_arch_seed0"}, {"folder": "ck", "name": "way_arch_seed1"}]
+  again = CannedRunner()
+  out = io.StringIO()
+  results = run_jobs(jobs, again, path, "f", out=out)
+  assert [r["seed"] for r in again.submitted] == [1] and "checkpoint" not in again.submitted[0]
+  assert "running again 1 run(s) that failed before" in out.getvalue()
+  assert results["way/arch/seed1"]["status"] == "done"
+  assert len({r["trial_id"] for r in runner.submitted + again.submitted}) == 3
 
 
 def test_a_running_search_is_read_without_its_lock(tmp_path):
