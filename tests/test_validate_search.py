@@ -262,10 +262,12 @@ def test_the_command_reads_the_search_plans_every_row_and_seed_and_resumes(tmp_p
   assert report["recipe"]["proxy"]["overrides"]["batch_size"] == 2
   assert report["dataset"]["num_train"] == 16  # the search's synthetic set
   assert [r["trial_id"] is None for r in report["rows"]] == [True, True, False, False]
-  # The same command again runs nothing and prints the same table.
+  # The same command again runs the failed runs again (failing again here),
+  # with the same trial requests, and prints the same table.
   again = validate(*flags, env=env)
   assert again.returncode == 0, again.stderr
-  assert "scratch/" not in again.stderr
+  assert "running again 8 run(s) that failed before" in again.stderr
+  assert again.stderr.count("scratch/") == 4 * 2
   assert again.stdout == done.stdout
   # The user's own TFRecords instead of the search's data: not mixed with the
   # runs on the search's data, and trained on.
