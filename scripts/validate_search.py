@@ -30,7 +30,10 @@ over the seeds for each way) and writes it as JSON to
 `<search_dir>/validate_search`). Every run is written to
 `<output_dir>/validate_search.results.json` as it finishes, so the same
 command after a stop, or with more seeds or a larger --top_k, runs only what
-is missing.
+is missing (and again what failed). A run in progress saves its training
+state every 5 minutes in `<output_dir>/checkpoints/` and logs its steps in
+its trial log (`<output_dir>/workers/`), so a run killed midway (a stopped
+machine) resumes from its last save.
 """
 import contextlib
 import dataclasses
@@ -58,6 +61,7 @@ FLAGS = flags.FLAGS
 
 RESULTS_FILE = "validate_search.results.json"
 REPORT_FILE = "validate_search.json"
+CHECKPOINTS_DIR = "checkpoints"
 SCRATCH, FINETUNE = "scratch", "finetune"
 # Flags that may differ from the search's: they choose the data trained and
 # measured on. A --dataset other than the search's drops its data paths.
@@ -308,7 +312,8 @@ def _main(argv: List[str]) -> int:
   try:
     results = run_jobs(jobs, runner, os.path.join(output_dir, RESULTS_FILE),
                        results_fingerprint(settings, space, FLAGS.train_steps,
-                                           FLAGS.batch_size))
+                                           FLAGS.batch_size),
+                       checkpoint_dir=os.path.join(output_dir, CHECKPOINTS_DIR))
   except KeyboardInterrupt:
     print("interrupted; run the same command to resume", file=sys.stderr)
     return EXIT_INTERRUPTED

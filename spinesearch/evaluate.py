@@ -158,7 +158,9 @@ def _target_similarity(request: Dict[str, Any]) -> Result:
                  modules=("spinesearch.proxy.task",))
 def _proxy(request: Dict[str, Any]) -> Result:
   from spinesearch.data.dataset import DatasetPaths
+  from spinesearch.progress import step_logger
   from spinesearch.proxy import ProxyConfig, ProxyTask
+  from spinesearch.proxy import checkpoint as checkpoint_lib
   from spinesearch.space.architecture import Architecture
   settings = request["reward"]
   config = ProxyConfig.from_preset(settings["proxy"]["preset"], **settings["proxy"]["overrides"])
@@ -168,8 +170,13 @@ def _proxy(request: Dict[str, Any]) -> Result:
   cost = settings.get("cost")
   # Multiply-adds come from the graph; latency is timed, seconds per trial,
   # so only a latency target pays for it.
-  trial = ProxyTask(config, dataset).run(
-      architecture, measure_latency=bool(cost) and cost["metric"] == "latency_ms")
+  # A long run (a validation's) may ask for a checkpoint, and logs its steps.
+  checkpoint = checkpoint_lib.of_request(request)
+  trial = ProxyTask(config, dataset, checkpoint).run(
+      architecture, progress=step_logger("training", every=max(100, config.train_steps // 10))
+      if checkpoint else None, measure_latency=bool(cost) and cost["metric"] == "latency_ms")
+  if checkpoint:
+    checkpoint.remove()
   metrics = {k: v for k, v in trial.to_dict().items() if k not in ("status", "error")}
   if trial.status != "done":
     return failed(trial.error or "proxy task failed without a reason", metrics)

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from spinesearch.errors import ConfigError
 from spinesearch.files import write_text_atomically
+from spinesearch.proxy.checkpoint import REQUEST_KEY as CHECKPOINT_KEY
 from spinesearch.proxy.config import ProxyConfig
 
 
@@ -83,19 +84,30 @@ def reseeded(proxy: Dict[str, Any], seed: int) -> Dict[str, Any]:
 # ---- running them -----------------------------------------------------------------------
 
 def run_jobs(jobs: List[Job], runner, results_path: str, settings_fingerprint: str,
-             out=sys.stderr) -> Dict[str, Dict[str, Any]]:
-  """Evaluates the jobs not yet in `results_path`; writes each outcome there
-  as it comes. Returns every result in the file by key (also of jobs not
-  asked for this time)."""
+             out=sys.stderr, checkpoint_dir: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+  """Evaluates the jobs not yet done in `results_path` (new ones, and again
+  those that failed: a killed or out-of-memory run may succeed this time);
+  writes each outcome there as it comes. Returns every result in the file by
+  key (also of jobs not asked for this time). With `checkpoint_dir`, each
+  request asks for a training checkpoint there (`proxy.checkpoint.of_request`),
+  so a long run killed midway resumes from its last save."""
   results = load_results(results_path, settings_fingerprint)
-  pending = [j for j in jobs if j.key not in results]
+  pending = [j for j in jobs if results.get(j.key, {}).get("status") != "done"]
+  failed = sum(j.key in results for j in pending)
+  if failed:
+    print(f"running again {failed} run(s) that failed before", file=out, flush=True)
   by_id = {}
+  next_id = len(results) + 1
   try:
     while pending or by_id:
       while pending and runner.free_slots() > 0:
         job = pending.pop(0)
-        trial_id = len(results) + len(by_id) + 1
-        runner.submit(trial_id, dict(job.request, trial_id=trial_id))
+        trial_id, next_id = next_id, next_id + 1
+        request = dict(job.request, trial_id=trial_id)
+        if checkpoint_dir:
+          request[CHECKPOINT_KEY] = {"folder": checkpoint_dir,
+                                     "name": job.key.replace("/", "_")}
+        runner.submit(trial_id, request)
         by_id[trial_id] = job
       for outcome in runner.poll(1.0):
         job = by_id.pop(outcome.trial_id)

@@ -1,9 +1,11 @@
-"""Progress reporting shared by long runs (searches, supernet training):
-TensorBoard scalars written without TensorFlow, and durations for humans."""
+"""Progress reporting shared by long runs (searches, supernet training,
+validation runs): TensorBoard scalars written without TensorFlow, training
+steps as log lines, and durations for humans."""
 import os
 import socket
+import sys
 import time
-from typing import Dict
+from typing import Callable, Dict
 
 
 class ScalarEvents:
@@ -43,3 +45,16 @@ def format_duration(seconds: float) -> str:
   if seconds < 3600:
     return f"{seconds // 60}m{seconds % 60:02d}s"
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def step_logger(label: str, every: int = 500, out=None) -> Callable[[int, int, float], None]:
+  """A training loop's progress callback (step, steps, loss) that prints a
+  line every `every` steps and at the last, with the time since the first."""
+  start = time.perf_counter()
+
+  def log(step: int, steps: int, loss: float) -> None:
+    if step % every == 0 or step == steps:
+      print(f"{label}: step {step}/{steps} loss {loss:.4f} "
+            f"({format_duration(time.perf_counter() - start)})", file=out or sys.stderr,
+            flush=True)
+  return log

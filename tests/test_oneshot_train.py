@@ -152,6 +152,46 @@ def test_a_oneshot_trial_returns_a_complete_result(tiny_supernet, cache, monkeyp
   assert evaluate.evaluate_trial(request)["reward"] == result["reward"]
 
 
+def test_a_fine_tuning_killed_midway_resumes_from_its_checkpoint(tiny_supernet, cache, tmp_path,
+                                                                 monkeypatch):
+  """A validation's fine-tuning run asks for a checkpoint: killed after two
+  of four steps, the same request goes on from step 2."""
+  from spinesearch import evaluate
+  from spinesearch.proxy.checkpoint import TrainingCheckpoint
+  from spinesearch.proxy.task import ProxyTask
+  from spinesearch.space import known
+  from spinesearch.space.registry import build_space
+  monkeypatch.setenv("TEST_CACHE", cache)
+  request = trial_request(tiny_supernet, build_space("spinenet").config(), known.spinenet49())
+  request["reward"]["oneshot"]["finetune_steps"] = 4
+  request["checkpoint"] = {"folder": str(tmp_path / "ck"), "name": "finetune", "every_s": 0}
+  make_step = ProxyTask.make_train_step
+
+  def dies_at_step_3(model, mg_task, optimizer):
+    step, calls = make_step(model, mg_task, optimizer), []
+
+    def counted(images, labels):
+      calls.append(1)
+      if len(calls) == 3:
+        raise RuntimeError("killed")
+      return step(images, labels)
+    return counted
+  monkeypatch.setattr(ProxyTask, "make_train_step", staticmethod(dies_at_step_3))
+  with pytest.raises(RuntimeError, match="killed"):
+    evaluate.evaluate_trial(request)
+  assert len(os.listdir(tmp_path / "ck")) == 1
+
+  monkeypatch.setattr(ProxyTask, "make_train_step", staticmethod(make_step))
+  restored = []
+  restore = TrainingCheckpoint.restore
+  monkeypatch.setattr(TrainingCheckpoint, "restore",
+                      lambda self, *a: restored.append(restore(self, *a)) or restored[-1])
+  result = evaluate.evaluate_trial(dict(request, trial_id=2))
+  assert result["status"] == "done", result["error"]
+  assert restored == [2] and result["metrics"]["train_steps"] == 4
+  assert os.listdir(tmp_path / "ck") == []
+
+
 def test_a_supernet_of_another_space_is_refused_in_one_line(tiny_supernet, cache, tmp_path):
   run = subprocess.run(
       [sys.executable, "-m", "spinesearch.controller", "--search_space=nasfpn",

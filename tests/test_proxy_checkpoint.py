@@ -1,5 +1,6 @@
 """Resumable stand-alone training: a stopped run saves, resumes where it
 stopped, and refuses a checkpoint of other settings."""
+import dataclasses
 import os
 import random
 import signal
@@ -77,3 +78,44 @@ def test_checkpoint_paths_change_with_the_settings(tmp_path):
   assert a == default_path(str(tmp_path), "entry", "settings-a")
   assert a != default_path(str(tmp_path), "entry", "settings-b")
   assert os.path.basename(a).startswith("entry-") and a.endswith(".npz")
+
+
+def _request(dataset, folder):
+  return {"trial_id": 3, "seed": 0, "architecture": _arch().to_dict(),
+          "checkpoint": {"folder": folder, "name": "scratch_a_seed0", "every_s": 1e9},
+          "reward": {"type": "proxy", "cost": None,
+                     "proxy": {"preset": "tiny", "overrides": {
+                         "image_size": 64, "train_steps": 5, "measure_cost": False}},
+                     "dataset": dataclasses.asdict(dataset)}}
+
+
+def test_a_trial_request_that_asks_for_a_checkpoint_resumes_it(dataset_64, tmp_path, monkeypatch,
+                                                               capfd):
+  """A validation run killed midway: the same request (under another trial
+  id) continues from the saved step, logs its steps, and removes the file."""
+  from spinesearch import evaluate
+  from spinesearch.proxy import ProxyTask
+  from spinesearch.proxy import checkpoint as checkpoint_lib
+  request = _request(dataset_64, str(tmp_path / "checkpoints"))
+  saved = checkpoint_lib.of_request(request)
+  assert saved.path == checkpoint_lib.of_request(dict(request, trial_id=9)).path
+  assert saved.path != checkpoint_lib.of_request(dict(request, seed=1)).path
+  assert checkpoint_lib.of_request({k: v for k, v in request.items() if k != "checkpoint"}) \
+      is None
+
+  def stop_at_2(step, total, loss):
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+  config = ProxyConfig.from_preset("tiny", image_size=64, train_steps=5, measure_cost=False)
+  with pytest.raises(TrainingStopped):
+    ProxyTask(config, dataset_64, saved).fit(_arch(), stop_at_2)
+
+  restored = []
+  restore = TrainingCheckpoint.restore
+  monkeypatch.setattr(TrainingCheckpoint, "restore",
+                      lambda self, *a: restored.append(restore(self, *a)) or restored[-1])
+  result = evaluate.evaluate_trial(dict(request, trial_id=4))
+  assert result["status"] == "done", result
+  assert restored == [2] and result["metrics"]["train_steps"] == 5
+  assert "training: step 5/5 loss" in capfd.readouterr().err
+  assert not os.path.exists(saved.path)

@@ -3,6 +3,7 @@ architectures, seeds, the stand-alone recipe, fine-tuning from the supernet),
 the table, resuming, refusals in one line, and the command end to end on a
 tiny search."""
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -170,6 +171,26 @@ def test_running_again_evaluates_only_what_is_missing(tmp_path):
   assert [r["seed"] for r in more.submitted] == [3] and len(results) == 4
 
 
+def test_failed_runs_run_again_and_every_run_may_ask_for_a_checkpoint(tmp_path):
+  path = str(tmp_path / "results.json")
+  jobs = [Job(f"way/arch/seed{s}", 0, {"seed": s}) for s in range(2)]
+  runner = CannedRunner()
+  runner.submit = lambda trial_id, request: (
+      runner.submitted.append(request),
+      runner.queue.append(TrialOutcome(trial_id, "failed" if request["seed"] else "done",
+                                       None if request["seed"] else 0.5, {}, "killed", "canned")))
+  run_jobs(jobs, runner, path, "f", checkpoint_dir="ck")
+  assert [r["checkpoint"] for r in runner.submitted] == [
+      {"folder": "ck", "name": "way_arch_seed0"}, {"folder": "ck", "name": "way_arch_seed1"}]
+  again = CannedRunner()
+  out = io.StringIO()
+  results = run_jobs(jobs, again, path, "f", out=out)
+  assert [r["seed"] for r in again.submitted] == [1] and "checkpoint" not in again.submitted[0]
+  assert "running again 1 run(s) that failed before" in out.getvalue()
+  assert results["way/arch/seed1"]["status"] == "done"
+  assert len({r["trial_id"] for r in runner.submitted + again.submitted}) == 3
+
+
 def test_a_running_search_is_read_without_its_lock(tmp_path):
   from spinesearch.store import read_search
   with TrialStore(str(tmp_path)) as store:  # the driver holds the lock
@@ -241,10 +262,12 @@ def test_the_command_reads_the_search_plans_every_row_and_seed_and_resumes(tmp_p
   assert report["recipe"]["proxy"]["overrides"]["batch_size"] == 2
   assert report["dataset"]["num_train"] == 16  # the search's synthetic set
   assert [r["trial_id"] is None for r in report["rows"]] == [True, True, False, False]
-  # The same command again runs nothing and prints the same table.
+  # The same command again runs the failed runs again (failing again here),
+  # with the same trial requests, and prints the same table.
   again = validate(*flags, env=env)
   assert again.returncode == 0, again.stderr
-  assert "scratch/" not in again.stderr
+  assert "running again 8 run(s) that failed before" in again.stderr
+  assert again.stderr.count("scratch/") == 4 * 2
   assert again.stdout == done.stdout
   # The user's own TFRecords instead of the search's data: not mixed with the
   # runs on the search's data, and trained on.

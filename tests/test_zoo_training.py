@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import model_zoo
@@ -13,6 +14,7 @@ from model_zoo.entry import ZooError
 from spinesearch.data.dataset import DatasetPaths
 from spinesearch.proxy import ProxyConfig
 from spinesearch.space import known
+from spinesearch.space.registry import space_from_config
 from spinesearch.store import TrialStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +60,63 @@ def test_an_entry_from_a_search_keeps_the_proxy_scaling_and_the_provenance(searc
   assert provenance["flags"] == FLAGS and provenance["search_metrics"] == {"ap": 0.25}
   full = found.entry_from_search(search_dir, 1, "found-full", DATASET, scaling="architecture")
   assert full.architecture.scaling == known.spinenet49().scaling
+
+
+def _oneshot_search(folder: str, scored_on: str, supernet: str = "quickstart") -> None:
+  store = TrialStore(folder)
+  try:
+    store.create_search({"flags": dict(FLAGS, reward="oneshot", supernet=supernet,
+                                       algorithm="evolution"),
+                         "space": space_from_config({"name": "spinenet"}).config(), "seed": 1,
+                         "version": "0.1.0"})
+    trial = store.add_trial(known.spinenet49().to_dict(), [0, 1])
+    store.mark_running(trial.id, "test")
+    store.finish_trial(trial.id, "done", 0.1, {"ap": 0.1, "supernet_sha256": scored_on}, None)
+  finally:
+    store.close()
+
+
+def test_an_entry_from_a_oneshot_search_takes_the_supernets_scaling_and_names_it(tmp_path):
+  from spinesearch.oneshot.supernet import Supernet
+  supernet = Supernet.open("quickstart")
+  folder = str(tmp_path / "oneshot")
+  _oneshot_search(folder, supernet.weights_sha256)
+  entry = found.entry_from_search(folder, 1, "found-oneshot", DATASET)
+  assert entry.architecture.scaling == supernet.proxy.scaling
+  assert (entry.input_size, entry.head.anchor_size) == (128, supernet.proxy.anchor_size)
+  recorded = entry.provenance["supernet"]
+  assert recorded["location"] == "quickstart" and recorded["same_weights_as_the_trial"]
+  assert recorded["weights_sha256"] == supernet.weights_sha256
+  assert recorded["config"] == supernet.meta["config"]
+  assert "validation" not in entry.provenance
+  metadata, _ = found.read_trial(folder, 1)
+  assert found.search_dataset(metadata) == {"num_train": 10000, "num_val": 1000,
+                                            "image_size": 128, "seed": 0}
+
+  # Once validate_search has run on the search, its table goes with the entry.
+  os.makedirs(os.path.join(folder, "validate_search"))
+  row = {"architecture": "trial 1", "trial_id": 1, "search_reward": 0.1,
+         "multiply_adds_g": 0.17, "params_m": 1.3, "trained_architecture": {},
+         "scratch": {"aps": [0.2, 0.3], "mean": 0.25, "std": 0.07, "errors": []}}
+  with open(os.path.join(folder, found.VALIDATION_FILE), "w") as f:
+    json.dump({"recipe": {"train_steps": 4000}, "dataset": {}, "ways": ["scratch"],
+               "rows": [row, dict(row, architecture="spinenet-49", trial_id=None)]}, f)
+  validation = found.entry_from_search(folder, 1, "found-oneshot", DATASET).provenance["validation"]
+  assert validation["recipe"] == {"train_steps": 4000}
+  assert [r["architecture"] for r in validation["rows"]] == ["trial 1", "spinenet-49"]
+  assert validation["rows"][0]["scratch"] == {"aps": [0.2, 0.3], "mean": 0.25, "std": 0.07}
+
+  with open(os.path.join(folder, found.VALIDATION_FILE), "w") as f:
+    f.write("{not json")
+  with pytest.raises(ZooError, match="not a validate_search report"):
+    found.entry_from_search(folder, 1, "found-oneshot", DATASET)
+
+
+def test_a_oneshot_search_on_a_missing_supernet_is_refused(tmp_path):
+  folder = str(tmp_path / "oneshot")
+  _oneshot_search(folder, "0" * 64, supernet=str(tmp_path / "gone"))
+  with pytest.raises(ZooError, match="the search's supernet: supernet .*gone.*: no such folder"):
+    found.entry_from_search(folder, 1, "x", DATASET)
 
 
 def test_only_done_trials_of_searches_become_entries(search_dir, tmp_path):
@@ -109,3 +168,41 @@ def test_the_script_creates_trains_and_records_an_entry_from_a_search(search_dir
       entry.provenance
   proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
   assert proc.returncode == 2 and "already has an entry" in proc.stderr
+
+
+def test_an_entry_found_on_a_supernet_trains_from_its_weights(tmp_path):
+  """Built the way the supernet's paths are, the model starts from the
+  supernet's values; trained, its weights load into the zoo's own build."""
+  from spinesearch.data import dataset
+  from spinesearch.oneshot.supernet import Supernet
+  supernet = Supernet.open("quickstart")
+  folder = str(tmp_path / "oneshot")
+  _oneshot_search(folder, supernet.weights_sha256)
+  data = dataset.ensure_synthetic(str(tmp_path / "cache"), num_train=8, num_val=4,
+                                  image_size=128, seed=0)
+  entry = found.entry_from_search(folder, 1, "found-init", data)
+  init = training.SupernetInit.of_entry(entry)
+  config = training.training_config(entry, train_steps=1, batch_size=2, measure_cost=False,
+                                    warmup_steps=0)
+  task = training.EntryTrainingTask(config, data, training.adapt_to_dataset(entry, data),
+                                    init=init)
+  task.new_session()
+  model = task.build_model(config.scaled(entry.architecture))
+  assert init.inherited_fraction > 0.9
+  by_shape = {}
+  for array in supernet.arrays().values():
+    by_shape.setdefault(array.shape, []).append(array)
+  from_supernet = [any(np.array_equal(v.numpy(), a) for a in by_shape.get(tuple(v.shape), []))
+                   for v in model.weights if v.shape.num_elements() > 16]
+  assert sum(from_supernet) / len(from_supernet) > 0.85
+
+  zoo = tmp_path / "zoo"
+  os.makedirs(zoo / "entries")
+  trained = training.train_entry(entry, data, config, zoo_dir=str(zoo), init=init,
+                                 dataset_description={"name": "tiny"})
+  record = trained.training["initialised_from"]
+  assert record["supernet"] == "quickstart" and record["weights_sha256"] == supernet.weights_sha256
+  assert record["inherited_fraction"] == init.inherited_fraction
+  assert model_zoo.load("found-init", zoo_dir=str(zoo)).entry.weights == trained.weights
+  with pytest.raises(ZooError, match="provenance names no supernet"):
+    training.SupernetInit.of_entry(model_zoo.get_entry("mobile-spinenet-49xs"))

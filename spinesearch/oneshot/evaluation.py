@@ -16,6 +16,8 @@ import tf_keras
 
 from spinesearch.modeling import cost
 from spinesearch.oneshot import bank, keys
+from spinesearch.progress import step_logger
+from spinesearch.proxy.checkpoint import TrainingCheckpoint
 from spinesearch.proxy.optimizer import FusedOptimizer
 from spinesearch.proxy.result import TrialResult
 from spinesearch.proxy.task import NonFiniteLoss, ProxyTask
@@ -109,9 +111,12 @@ class OneShotScorer:
 
   def score(self, architecture: Architecture, arrays: Mapping[str, np.ndarray],
             new_session: bool = True, measure_multiply_adds: bool = False,
-            measure_latency: bool = False) -> TrialResult:
+            measure_latency: bool = False,
+            checkpoint: Optional[TrainingCheckpoint] = None) -> TrialResult:
     """AP (and AP50, AP75, APs/m/l) of the path on `arrays`; params always,
-    multiply-adds and latency when asked (each takes seconds)."""
+    multiply-adds and latency when asked (each takes seconds). With
+    `checkpoint`, a long fine-tuning saves its state as it goes and resumes
+    from it (`spinesearch.proxy.checkpoint`), logging its steps."""
     s = self.settings
     start = time.perf_counter()
     result = TrialResult()
@@ -121,7 +126,7 @@ class OneShotScorer:
     train = self.train_batches(mg_task)
     if s.finetune_steps:
       try:
-        self._finetune(model, mg_task, train, result)
+        train = self._finetune(model, mg_task, train, result, checkpoint)
       except NonFiniteLoss as e:
         result.failed(str(e))
         result.total_seconds = time.perf_counter() - start
@@ -137,29 +142,41 @@ class OneShotScorer:
     result.inherited_fraction = len(built.inherited) / max(1, len(built.variables))
     return result
 
-  def train_batches(self, mg_task):
+  def train_batches(self, mg_task, seed_offset: int = 0):
     """An iterator of (images, labels) training batches, shuffled by the
-    settings' seed."""
+    settings' seed (plus `seed_offset`: a resumed fine-tuning's fresh shuffle)."""
     # A small shuffle buffer: filling Model Garden's 1,000-example buffer would
     # parse 1,000 images for the few batches a trial reads.
     needed = (self.settings.bn_batches + self.settings.finetune_steps) * self.task.config.batch_size
     config = mg_task.task_config.train_data.replace(
-        seed=self.settings.seed, shuffle_buffer_size=min(1000, max(64, 2 * needed)))
+        seed=self.settings.seed + seed_offset, shuffle_buffer_size=min(1000, max(64, 2 * needed)))
     return iter(mg_task.build_inputs(config))
 
-  def _finetune(self, model, mg_task, train, result: TrialResult) -> None:
+  def _finetune(self, model, mg_task, train, result: TrialResult,
+                checkpoint: Optional[TrainingCheckpoint] = None):
+    """Fine-tunes `model` on `train`; returns the iterator to go on with."""
     s = self.settings
     optimizer = FusedOptimizer(
         "adam", tf_keras.optimizers.schedules.CosineDecay(s.finetune_learning_rate,
                                                           s.finetune_steps),
         clip_norm=self.task.config.clip_norm)
     step = self.task.make_train_step(model, mg_task, optimizer)
+    done = checkpoint.restore(model, optimizer) if checkpoint else 0
+    if done:
+      train = self.train_batches(mg_task, seed_offset=done)
+    log = step_logger("fine-tuning", every=max(100, s.finetune_steps // 10)) if checkpoint else None
     t0 = time.perf_counter()
-    loss = float("nan")
-    for i in range(1, s.finetune_steps + 1):
+    loss = checkpoint.loss if done else float("nan")
+    for i in range(done + 1, s.finetune_steps + 1):
       loss = float(step(*next(train)))
       if not np.isfinite(loss):
         raise NonFiniteLoss(f"fine-tuning loss became {loss} at step {i}")
+      if log:
+        log(i, s.finetune_steps, loss)
+      if checkpoint and (i == s.finetune_steps or checkpoint.due()):
+        checkpoint.save(i, loss, time.perf_counter() - t0, model, optimizer)
     result.final_loss = loss
     result.train_steps = s.finetune_steps
-    result.train_seconds = time.perf_counter() - t0
+    result.train_seconds = time.perf_counter() - t0 + (checkpoint.seconds_before if checkpoint
+                                                       else 0.0)
+    return train

@@ -18,6 +18,7 @@ SETTINGS_KEY = "oneshot"
 
 def evaluate_request(request: Dict[str, Any]) -> Tuple[TrialResult, Dict[str, Any]]:
   """The trial's result and the metrics to record with it."""
+  from spinesearch.proxy import checkpoint as checkpoint_lib
   from spinesearch.space.architecture import Architecture
   reward = request["reward"]
   settings = reward[SETTINGS_KEY]
@@ -25,9 +26,14 @@ def evaluate_request(request: Dict[str, Any]) -> Tuple[TrialResult, Dict[str, An
   scorer, supernet = _scorer(settings["supernet"], _frozen(settings), _frozen(reward["dataset"]),
                              request["seed"], _frozen(request["space"]))
   architecture = Architecture.from_dict(request["architecture"])
+  # A long fine-tuning (a validation's) may ask for a checkpoint.
+  checkpoint = checkpoint_lib.of_request(request) if settings.get("finetune_steps") else None
   trial = scorer.score(architecture, supernet.arrays(),
                        measure_multiply_adds=cost.get("metric") == "multiply_adds",
-                       measure_latency=cost.get("metric") == "latency_ms")
+                       measure_latency=cost.get("metric") == "latency_ms",
+                       checkpoint=checkpoint)
+  if checkpoint:
+    checkpoint.remove()
   metrics = {k: v for k, v in trial.to_dict().items()
              if k not in ("status", "error") and v is not None}
   metrics["supernet_sha256"] = supernet.weights_sha256

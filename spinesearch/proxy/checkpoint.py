@@ -14,11 +14,19 @@ learning-rate schedule continues exactly, and the training batches are drawn
 with the seed `seed + step` (a fresh shuffle, not a replay of the first one).
 A checkpoint of other settings (its fingerprint) is refused in one line rather
 than loaded into the wrong model.
+
+A trial request may ask for one (`of_request`): {"checkpoint": {"folder": F,
+"name": N}} beside its reward settings. Its fingerprint is the request
+without its trial id, so the same run asked for again (a resumed validation)
+continues where it was killed.
 """
 import contextlib
+import json
 import os
 import signal
 import time
+from typing import Any, Mapping, Optional
+
 import numpy as np
 
 from spinesearch import files
@@ -111,3 +119,18 @@ def default_path(folder: str, name: str, fingerprint: str) -> str:
   """`<folder>/<name>-<12 hex of the fingerprint's hash>.npz`: a change of
   settings starts a new checkpoint instead of colliding with the old one."""
   return os.path.join(folder, f"{name}-{files.sha256_hex(fingerprint.encode())[:12]}.npz")
+
+
+REQUEST_KEY = "checkpoint"
+
+
+def of_request(request: Mapping[str, Any]) -> Optional[TrainingCheckpoint]:
+  """The checkpoint a trial request asks for (module docstring), or None."""
+  spec = request.get(REQUEST_KEY)
+  if not spec:
+    return None
+  fingerprint = json.dumps({k: v for k, v in request.items() if k not in ("trial_id", REQUEST_KEY)},
+                           sort_keys=True)
+  os.makedirs(spec["folder"], exist_ok=True)
+  return TrainingCheckpoint(default_path(spec["folder"], spec["name"], fingerprint), fingerprint,
+                            every_s=float(spec.get("every_s", 300.0)))
