@@ -2,7 +2,7 @@ r"""Does the architecture a search found beat SpineNet-49 when trained properly?
 
   python scripts/validate_search.py --search_dir=searches/cpu_full [--top_k=1] \
       [--train_steps=4000] [--batch_size=16] [--seeds=3] [--finetune] \
-      [--runner=local] [--max_parallel_trials=1] [--output_dir=DIR] \
+      [--runner=local] [--max_parallel_trials=1] [--output_dir=DIR] [--report_only] \
       [--dataset=tfrecord --train_pattern=GLOB --val_pattern=GLOB --val_annotations=JSON]
 
 Takes the `--top_k` best distinct architectures of the search's done trials
@@ -30,7 +30,8 @@ over the seeds for each way) and writes it as JSON to
 `<search_dir>/validate_search`). Every run is written to
 `<output_dir>/validate_search.results.json` as it finishes, so the same
 command after a stop, or with more seeds or a larger --top_k, runs only what
-is missing (and again what failed). A run in progress saves its training
+is missing (and again what failed); `--report_only` writes and prints the
+table of the runs done so far without running any. A run in progress saves its training
 state every 5 minutes in `<output_dir>/checkpoints/` and logs its steps in
 its trial log (`<output_dir>/workers/`), so a run killed midway (a stopped
 machine) resumes from its last save.
@@ -49,8 +50,8 @@ from spinesearch import controller, logs
 from spinesearch.driver import EXIT_INTERRUPTED
 from spinesearch.errors import ConfigError, parse_absl_flags, run_cli
 from spinesearch.files import write_text_atomically
-from spinesearch.jobs import (Job, fingerprint, proxy_schedule, reference_architectures,
-                              reseeded, reward_of, run_jobs)
+from spinesearch.jobs import (Job, fingerprint, load_results, proxy_schedule,
+                              reference_architectures, reseeded, reward_of, run_jobs)
 from spinesearch.proxy.config import ProxyConfig
 from spinesearch.runners.registry import build_runner
 from spinesearch.space.architecture import Architecture
@@ -213,10 +214,16 @@ def run_key(way: str, row: Candidate, seed: int) -> str:
 def results_fingerprint(settings: Dict[str, Any], space, train_steps: int,
                         batch_size: int) -> str:
   """What every run shares: a results file holds runs of one recipe, on one
-  data set, of one search space (seeds, --top_k and --finetune may change)."""
+  data set, of one search space (seeds, --top_k and --finetune may change).
+  A supernet is named by its weights' sha256, not its folder, so a moved
+  checkout keeps its results."""
+  oneshot = settings.get("oneshot")
+  if oneshot:
+    from spinesearch.oneshot.supernet import Supernet
+    oneshot = dict(oneshot, supernet=Supernet.open(oneshot["supernet"]).weights_sha256)
   return fingerprint({"space": space.config(), "dataset": settings["dataset"],
                       "proxy": scratch_proxy(settings["proxy"], train_steps, batch_size),
-                      "oneshot": settings.get("oneshot")})
+                      "oneshot": oneshot})
 
 
 # ---- the table --------------------------------------------------------------------------
@@ -306,17 +313,20 @@ def _main(argv: List[str]) -> int:
   jobs = plan(rows, space, settings, finetune=FLAGS.finetune, **recipe)
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.search_dir, "validate_search")
   os.makedirs(output_dir, exist_ok=True)
-  runner = build_runner(FLAGS.runner, max_parallel=FLAGS.max_parallel_trials,
-                        timeout_s=FLAGS.trial_timeout_s, search_dir=output_dir,
-                        **controller.runner_options())
-  try:
-    results = run_jobs(jobs, runner, os.path.join(output_dir, RESULTS_FILE),
-                       results_fingerprint(settings, space, FLAGS.train_steps,
-                                           FLAGS.batch_size),
-                       checkpoint_dir=os.path.join(output_dir, CHECKPOINTS_DIR))
-  except KeyboardInterrupt:
-    print("interrupted; run the same command to resume", file=sys.stderr)
-    return EXIT_INTERRUPTED
+  results_path = os.path.join(output_dir, RESULTS_FILE)
+  settings_fingerprint = results_fingerprint(settings, space, FLAGS.train_steps, FLAGS.batch_size)
+  if FLAGS.report_only:
+    results = load_results(results_path, settings_fingerprint)
+  else:
+    runner = build_runner(FLAGS.runner, max_parallel=FLAGS.max_parallel_trials,
+                          timeout_s=FLAGS.trial_timeout_s, search_dir=output_dir,
+                          **controller.runner_options())
+    try:
+      results = run_jobs(jobs, runner, results_path, settings_fingerprint,
+                         checkpoint_dir=os.path.join(output_dir, CHECKPOINTS_DIR))
+    except KeyboardInterrupt:
+      print("interrupted; run the same command to resume", file=sys.stderr)
+      return EXIT_INTERRUPTED
   ways = [SCRATCH] + ([FINETUNE] if FLAGS.finetune else [])
   proxy = scratch_proxy(settings["proxy"], FLAGS.train_steps, FLAGS.batch_size)
   summary = summarize(rows, results, ways, seed=FLAGS.seed, seeds=FLAGS.seeds, proxy=proxy)
@@ -346,6 +356,8 @@ def define_flags() -> None:
                        "search's seed up.", lower_bound=1)
   flags.DEFINE_boolean("finetune", False, "Also fine-tune each architecture from the "
                        "search's supernet (searches with --reward=oneshot).")
+  flags.DEFINE_boolean("report_only", False, "Run nothing: write and print the table of the "
+                       "runs done so far (beside a validation still running, or stopped).")
   flags.DEFINE_string("output_dir", None,
                       "Where the results go (default: <search_dir>/validate_search).")
   # Driver flags that mean something else here.

@@ -157,6 +157,21 @@ class CannedRunner:
     pass
 
 
+def test_results_follow_a_supernet_moved_with_its_checkout(vs, tmp_path):
+  import shutil
+  from spinesearch.oneshot.supernet import BUNDLED_DIR
+  space = build_space("spinenet")
+  moved = str(tmp_path / "elsewhere")
+  shutil.copytree(os.path.join(BUNDLED_DIR, "quickstart"), moved)
+  settings = {"dataset": {"num_train": 16}, "proxy": {"preset": "tiny", "overrides": {}},
+              "oneshot": {"supernet": os.path.join(BUNDLED_DIR, "quickstart"), "bn_batches": 2}}
+  here = vs.results_fingerprint(settings, space, 40, 2)
+  assert vs.results_fingerprint(dict(settings, oneshot=dict(settings["oneshot"], supernet=moved)),
+                                space, 40, 2) == here
+  assert vs.results_fingerprint(dict(settings, oneshot=dict(settings["oneshot"], bn_batches=4)),
+                                space, 40, 2) != here
+
+
 def test_running_again_evaluates_only_what_is_missing(tmp_path):
   path = str(tmp_path / "results.json")
   jobs = [Job(f"way/{s}", 0, {"seed": s}) for s in range(3)]
@@ -269,6 +284,10 @@ def test_the_command_reads_the_search_plans_every_row_and_seed_and_resumes(tmp_p
   assert "running again 8 run(s) that failed before" in again.stderr
   assert again.stderr.count("scratch/") == 4 * 2
   assert again.stdout == done.stdout
+  # --report_only runs nothing and prints the table of what is done.
+  only = validate(*flags, "--report_only", env=env)
+  assert only.returncode == 0, only.stderr
+  assert "scratch/" not in only.stderr and only.stdout == done.stdout
   # The user's own TFRecords instead of the search's data: not mixed with the
   # runs on the search's data, and trained on.
   data = report["dataset"]
