@@ -271,7 +271,8 @@ def _scaled(value: Optional[float], unit: float) -> Optional[float]:
 
 def format_table(summary: Sequence[Dict[str, Any]], ways: Sequence[str], seeds: int) -> str:
   def cell(value, spec):
-    return format(value, spec) if value is not None else "-"
+    """`value` formatted, or "-" right-aligned to the spec's width."""
+    return format(value, spec) if value is not None else format("-", f">{spec.split('.')[0]}")
 
   def ap_cell(stats):
     text = f"{cell(stats['mean'], '.4f')} ± {cell(stats['std'], '.4f')}"
