@@ -300,10 +300,11 @@ class _FakeProxyTask:
   """Stands in for spinesearch.proxy.ProxyTask: records how it was called."""
   calls = []
 
-  def __init__(self, config, dataset):
+  def __init__(self, config, dataset, checkpoint=None):
+    assert checkpoint is None  # a search trial asks for none
     self.config, self.dataset = config, dataset
 
-  def run(self, architecture, measure_latency=True):
+  def run(self, architecture, progress=None, measure_latency=True):
     from spinesearch.proxy import TrialResult
     _FakeProxyTask.calls.append((self.config, self.dataset, architecture, measure_latency))
     return TrialResult(ap=0.4, ap50=0.6, params=1000, multiply_adds=4_000_000_000,
@@ -356,7 +357,7 @@ def test_a_failed_proxy_trial_keeps_its_reason(space, monkeypatch):
   from spinesearch.proxy import TrialResult
 
   class DivergingTask(_FakeProxyTask):
-    def run(self, architecture, measure_latency=True):
+    def run(self, architecture, progress=None, measure_latency=True):
       return TrialResult(final_loss=float("nan")).failed("loss became NaN at step 2")
 
   _stand_in_for_proxy_task(monkeypatch, DivergingTask)
