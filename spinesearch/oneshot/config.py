@@ -18,7 +18,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional
 
 from spinesearch.errors import ConfigError, UserError
-from spinesearch.files import write_text_atomically
+from spinesearch.files import read_json, write_text_atomically
 from spinesearch.proxy.config import ProxyConfig
 
 META_FILE = "supernet.json"
@@ -131,9 +131,8 @@ def read_meta(folder: str) -> Optional[Dict[str, Any]]:
   if not os.path.exists(path):
     return None
   try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    meta = read_json(path)
+  except ValueError as e:
     raise UserError(f"{path}: not a readable supernet description ({e})") from None
   if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
     raise UserError(f"{path}: not a supernet description of format {FORMAT_VERSION}")
