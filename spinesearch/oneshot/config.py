@@ -90,17 +90,13 @@ class SupernetConfig:
       raise ConfigError(f"supernet dataset type must be synthetic or tfrecord, "
                         f"got {self.dataset.get('type')!r}")
     self.proxy_config()  # refuses unknown or bad proxy settings now
-    self.build_space()  # refuses a space or preset that does not exist, or has mbconv blocks
+    self.build_space()  # refuses a space or preset that does not exist
 
   def build_space(self):
     """The search space whose architectures share the supernet's weights."""
     from spinesearch.space import registry
     space = registry.build_space(self.space, preset=self.space_preset,
                                  search_head=self.search_head)
-    backbone = getattr(space, "backbone", space)
-    if "mbconv" in getattr(backbone, "block_fns", ()):
-      raise ConfigError("supernet: MBConv (mobile) spaces have no one-shot supernet yet: "
-                        "Model Garden's SpineNetMobile is not marked by structural part")
     return space
 
   def proxy_config(self) -> ProxyConfig:
