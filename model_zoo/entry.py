@@ -37,7 +37,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from spinesearch.errors import ArchitectureError, UserError
-from spinesearch.files import write_text_atomically
+from spinesearch.files import read_json, write_text_atomically
 from spinesearch.space.architecture import Architecture
 
 ZOO_VERSION = 1
@@ -207,12 +207,9 @@ class ZooEntry:
   @classmethod
   def load(cls, path: str) -> "ZooEntry":
     try:
-      with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    except OSError as e:
-      raise ZooError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise ZooError(f"{path}: not a valid JSON file ({e})") from None
+      data = read_json(path)
+    except ValueError as e:
+      raise ZooError(f"{path}: {e}") from None
     return cls.from_dict(data, source=path)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 from model_zoo.entry import HeadSpec, NormActivation, ZooEntry, ZooError
 from spinesearch.data.dataset import DatasetPaths
 from spinesearch.errors import UserError
+from spinesearch.files import read_json
 from spinesearch.proxy import ProxyConfig
 from spinesearch.space.architecture import Architecture
 
@@ -172,10 +173,9 @@ def _validation_provenance(search_dir: str, trial_id: int) -> Dict[str, Any]:
   if not os.path.isfile(path):
     return {}
   try:
-    with open(path) as f:
-      report = json.load(f)
+    report = read_json(path)
     rows, ways = report["rows"], report["ways"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (ValueError, KeyError, TypeError) as e:
     raise ZooError(f"{path}: not a validate_search report ({e}); move it away") from None
   if not any(row.get("trial_id") == trial_id for row in rows):
     return {}

@@ -10,11 +10,11 @@ in the `weights/` folder beside the entry's `entries/` folder.
 zoo entry file or an architecture file.
 """
 import difflib
-import json
 import os
 from typing import List, Optional, Tuple
 
 from model_zoo.entry import ZooEntry, ZooError
+from spinesearch.files import read_json
 from spinesearch.space.architecture import Architecture
 
 PACKAGE_ZOO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -105,9 +105,8 @@ def _is_zoo_entry_file(path: str) -> bool:
   unreadable or malformed files included, is left to the architecture loader,
   whose error says what is wrong."""
   try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except (OSError, ValueError):  # ValueError: bad JSON or not UTF-8
+    data = read_json(path)
+  except ValueError:
     return False
   return isinstance(data, dict) and "zoo_version" in data
 

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from spinesearch.files import write_text_atomically
+from spinesearch.files import read_json, write_text_atomically
 from spinesearch.jobs import reward_of
 from spinesearch.proxy.config import ProxyConfig
 from spinesearch.space.architecture import MAX_HEAD_CONVS, Architecture
@@ -63,10 +63,12 @@ class CostMeter:
     self._owner = f"{architecture.fingerprint()}/{num_classes}"
     self._seen: Dict[str, Tuple[float, int]] = {}
     if path and os.path.exists(path):
-      with open(path) as f:
-        stored = json.load(f)
-      if stored.get("owner") == self._owner:
-        self._seen = {k: tuple(v) for k, v in stored["costs"].items()}
+      try:  # a cache that cannot be read is measured again, and rewritten
+        stored = read_json(path)
+        if stored.get("owner") == self._owner:
+          self._seen = {k: tuple(v) for k, v in stored["costs"].items()}
+      except (ValueError, AttributeError, KeyError, TypeError):
+        self._seen = {}
 
   def __call__(self, config: ProxyConfig) -> Tuple[float, int]:
     key = json.dumps(config.scaling.to_dict(), sort_keys=True) + f"@{config.image_size}"

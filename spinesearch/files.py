@@ -11,10 +11,11 @@ the same, and read with `allow_pickle=False`: nothing is ever unpickled.
 """
 import hashlib
 import io
+import json
 import os
 import tempfile
 import zipfile
-from typing import Dict, Mapping
+from typing import Any, Dict, Mapping
 
 import numpy as np
 
@@ -44,6 +45,18 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
 
 def write_text_atomically(path: str, text: str) -> None:
   write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def read_json(path: str) -> Any:
+  """The JSON document in `path`. ValueError, with the reason, when the file
+  cannot be read or is not UTF-8 JSON; callers name the file in their error."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except OSError as e:
+    raise ValueError(f"cannot read ({e.strerror or e})") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"not a valid JSON file ({e})") from None
 
 
 def sha256_hex(data: bytes) -> str:

@@ -19,7 +19,7 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from spinesearch.errors import ConfigError
-from spinesearch.files import write_text_atomically
+from spinesearch.files import read_json, write_text_atomically
 from spinesearch.proxy.checkpoint import REQUEST_KEY as CHECKPOINT_KEY
 from spinesearch.proxy.config import ProxyConfig
 
@@ -128,10 +128,9 @@ def load_results(path: str, settings_fingerprint: str) -> Dict[str, Dict[str, An
   if not os.path.exists(path):
     return {}
   try:
-    with open(path) as f:
-      stored = json.load(f)
+    stored = read_json(path)
     results, stored_fingerprint = stored["results"], stored["fingerprint"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (ValueError, KeyError, TypeError) as e:
     raise ConfigError(f"{path}: not a results file of evaluations ({e}); move it away") from e
   if stored_fingerprint != settings_fingerprint:
     raise ConfigError(f"{path}: holds evaluations with other settings; use another "

@@ -85,7 +85,11 @@ def test_model_garden_parts_per_space(tiny_models):
     model = tiny_models[kind]
     assert isinstance(model.backbone, backbone), kind
     assert model.decoder is None if decoder is None else isinstance(model.decoder, decoder), kind
-  assert type(tiny_models["spinenet"].backbone).__mro__[1] is spinenet.SpineNet
+  for kind, garden_class in (("spinenet", spinenet.SpineNet),
+                             ("mbconv", spinenet_mobile.SpineNetMobile)):
+    # The marking subclass extends exactly this Model Garden class.
+    mro = type(tiny_models[kind].backbone).__mro__
+    assert [c for c in mro if c.__module__.startswith("official.")][0] is garden_class, kind
   assert tiny_models["nasfpn"].backbone.get_config()["model_id"] == TINY.resnet_model_id
 
 

@@ -48,3 +48,19 @@ def test_file_sha256_matches_bytes(tmp_path):
   path = tmp_path / "x.bin"
   path.write_bytes(b"abc" * 1000)
   assert files.file_sha256(str(path)) == files.sha256_hex(b"abc" * 1000)
+
+
+def test_read_json_reads_a_document_and_says_why_it_cannot(tmp_path):
+  good = tmp_path / "good.json"
+  good.write_text('{"a": [1, 2]}', encoding="utf-8")
+  assert files.read_json(str(good)) == {"a": [1, 2]}
+  with pytest.raises(ValueError, match=r"cannot read \(No such file"):
+    files.read_json(str(tmp_path / "missing.json"))
+  bad = tmp_path / "bad.json"
+  bad.write_text('{"a": ', encoding="utf-8")
+  with pytest.raises(ValueError, match="not a valid JSON file"):
+    files.read_json(str(bad))
+  latin = tmp_path / "latin.json"
+  latin.write_bytes(b'{"a": "\xe9"}')
+  with pytest.raises(ValueError, match="not a valid JSON file"):
+    files.read_json(str(latin))

@@ -106,6 +106,7 @@ def test_two_architectures_that_share_a_block_share_its_tensors():
 
 # Every space with shared weights, and the CR-NAS and head options.
 KEYED_SPACES = [("spinenet", "default", False), ("nasfpn", "default", False),
+                ("spinenet", "mobile", False), ("joint", "mobile", False),
                 ("joint", "default", False), ("spinenet", "realloc", False),
                 ("scale_decreased", "dilated", False), ("joint", "default", True)]
 

@@ -192,6 +192,30 @@ def test_a_fine_tuning_killed_midway_resumes_from_its_checkpoint(tiny_supernet, 
   assert os.listdir(tmp_path / "ck") == []
 
 
+def test_an_mbconv_supernet_trains_and_scores_mobile_spinenet_49(tmp_path, cache, monkeypatch):
+  """The mobile preset's supernet (Model Garden's SpineNetMobile, marked by
+  part): it trains, its reference path is Mobile SpineNet-49, and a trial of
+  that architecture inherits most of its weights from it."""
+  from spinesearch import evaluate
+  from spinesearch.space import known
+  from spinesearch.space.registry import build_space
+  folder = str(tmp_path / "mobile")
+  run = oneshot("train", f"--supernet_dir={folder}", "--space_preset=mobile", "--train_steps=2",
+                "--reference_every_steps=0", *TINY_FLAGS, cache=cache)
+  assert run.returncode == 0, run.stderr[-3000:]
+  meta = read_meta(folder)
+  assert meta["space"]["block_fns"] == ["mbconv"]
+  assert meta["reference"]["name"] == known.mobile_spinenet49().name
+  assert meta["weights"]["keys"] > 300
+  monkeypatch.setenv("TEST_CACHE", cache)
+  request = trial_request(folder, build_space("spinenet", "mobile").config(),
+                          known.mobile_spinenet49())
+  result = evaluate.evaluate_trial(request)
+  assert result["status"] == "done", result["error"]
+  assert 0.3 < result["metrics"]["inherited_fraction"] <= 1.0
+  assert 0.0 <= result["metrics"]["ap"] <= 1.0
+
+
 def test_a_supernet_of_another_space_is_refused_in_one_line(tiny_supernet, cache, tmp_path):
   run = subprocess.run(
       [sys.executable, "-m", "spinesearch.controller", "--search_space=nasfpn",

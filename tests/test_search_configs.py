@@ -1,6 +1,8 @@
 """The bundled search flagfiles name only the controller's flags, with values
 its enums accept, and their spaces build."""
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -8,6 +10,7 @@ from spinesearch import controller
 from spinesearch.space.registry import build_space
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs" / "search").glob("*.flags"))
+SUPERNET_CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs" / "oneshot").glob("*.flags"))
 
 
 def _flags(path):
@@ -39,3 +42,16 @@ def test_flagfile_space_builds(path):
   values = _flags(path)
   space = build_space(values.get("search_space", "spinenet"), values.get("space_preset", "default"))
   assert space.log10_size() > 0
+
+
+@pytest.mark.parametrize("path", SUPERNET_CONFIGS, ids=lambda p: p.stem)
+def test_supernet_flagfile_parses_and_its_space_builds(path):
+  # In a process of its own: the supernet CLI defines flags the controller also defines.
+  script = ("import sys; from spinesearch.oneshot import __main__ as cli; "
+            "cli.FLAGS(['oneshot', '--flagfile=' + sys.argv[1]]); "
+            "from spinesearch.space.registry import build_space; "
+            "print(build_space(cli.FLAGS.search_space, cli.FLAGS.space_preset).log10_size())")
+  run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                       timeout=120, cwd=str(path.parents[2]))
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert float(run.stdout.split()[-1]) > 0

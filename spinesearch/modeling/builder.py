@@ -84,7 +84,8 @@ def build_backbone(architecture: Architecture, *, image_size: int,
       return _build_resnet(scaling.resnet_model_id, **common)
   levels = dict(min_level=architecture.min_level, max_level=architecture.max_level)
   if architecture.blocks[0].block_fn == "mbconv":
-    return spinenet_mobile.SpineNetMobile(
+    return structure.StructuredSpineNetMobile(
+        block_names=block_names,
         block_specs=[spinenet_mobile.BlockSpec(*b.as_tuple())
                      for b in architecture.blocks],
         endpoints_num_filters=scaling.endpoints_num_filters,

@@ -1,6 +1,6 @@
 """Which structural part of a model each variable belongs to.
 
-Model Garden's SpineNet and NASFPN create their layers without names, in an
+Model Garden's SpineNet, SpineNetMobile and NASFPN create their layers without names, in an
 order that follows the block permutation, so a variable's Keras name
 (`conv2d_17/kernel`) says nothing about the part of the network it serves. The
 classes here extend Model Garden's and only mark, while the parent class builds,
@@ -29,13 +29,11 @@ import functools
 import threading
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from official.vision.modeling.backbones import spinenet
+from official.vision.modeling.backbones import spinenet, spinenet_mobile
 from official.vision.modeling.decoders import nasfpn
 from official.vision.modeling.layers import nn_blocks
 
 STEM_NAMES = ("stem1", "stem2")
-_STEM_LEVEL = 2
-_STEM_BLOCK_FN = "bottleneck"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,20 +100,22 @@ def current_part() -> Optional[Tuple[Part, int]]:
   return p, counts[p] - 1
 
 
-class StructuredSpineNet(spinenet.SpineNet):
-  """Model Garden's SpineNet, with its variables marked by structural part.
+class _MarkedBlocks:
+  """The marks Model Garden's SpineNet and SpineNetMobile share: each searched
+  block, each resampling edge (parent 0, then parent 1, of each block in
+  order, as both build them) and each endpoint (one level at a time). A class
+  mixes this in before the Model Garden class it marks and says how that class
+  sizes blocks (`_FILTER_SIZE_MAP`) and builds its stem blocks."""
 
-  `block_names` names the searched blocks (one per block spec, default
-  'block0', 'block1', ...); the two stem blocks are 'stem1' and 'stem2'.
-  `dilations` gives each searched block's dilation rate (default 1; only
-  bottleneck blocks can be dilated).
-  """
+  _FILTER_SIZE_MAP: dict = {}
+  _STEM_LEVELS: Tuple[int, ...] = ()
+  _STEM_BLOCK_FN = ""
+  _RESAMPLE_METHOD = ""
 
-  def __init__(self, *args, block_names: Optional[Sequence[str]] = None,
-               dilations: Optional[Sequence[int]] = None, **kwargs):
-    specs = kwargs.get("block_specs")
+  def _mark_structure(self, specs, block_names: Optional[Sequence[str]],
+                      dilations: Optional[Sequence[int]]) -> None:
     if specs is None:
-      raise ValueError("StructuredSpineNet needs block_specs")
+      raise ValueError(f"{type(self).__name__} needs block_specs")
     names = list(block_names) if block_names is not None else [
         f"block{i}" for i in range(len(specs))]
     if len(names) != len(specs) or len(set(names)) != len(names):
@@ -125,22 +125,21 @@ class StructuredSpineNet(spinenet.SpineNet):
         rate != 1 and spec.block_fn != "bottleneck" for rate, spec in zip(rates, specs)):
       raise ValueError(f"dilations: expected {len(specs)} rates, above 1 only for "
                        f"bottleneck blocks, got {rates}")
+    stems = len(self._STEM_LEVELS)
     self._structure = _SpineStructure(
         names=list(STEM_NAMES) + names,
-        levels=[_STEM_LEVEL] * len(STEM_NAMES) + [s.level for s in specs],
-        block_fns=[_STEM_BLOCK_FN] * len(STEM_NAMES) + [s.block_fn for s in specs],
+        levels=list(self._STEM_LEVELS) + [s.level for s in specs],
+        block_fns=[self._STEM_BLOCK_FN] * stems + [s.block_fn for s in specs],
         specs=list(specs),
-        dilations=[1] * len(STEM_NAMES) + rates)
-    super().__init__(*args, **kwargs)
+        dilations=[1] * stems + rates)
 
   def _build_stem(self, inputs):
     with part(Part("stem")):
       return super()._build_stem(inputs)
 
-  def _block_group(self, inputs, filters, strides, block_fn_cand, block_repeats=1,
-                   stochastic_depth_drop_rate=None, name="block_group"):
+  def _block_group(self, *args, name="block_group", **kwargs):
     s = self._structure
-    # The stem builds its two blocks inside the stem's part.
+    # The stem builds its blocks inside the stem's part.
     marker, rate = contextlib.nullcontext(), 1
     if name.startswith("scale_permuted_block_"):
       index = len(STEM_NAMES) + int(name.rsplit("_", 1)[1]) - 1
@@ -148,12 +147,9 @@ class StructuredSpineNet(spinenet.SpineNet):
                          filters=self._filters(index)))
       rate = s.dilations[index]
     with marker, _dilated(rate):
-      return super()._block_group(inputs, filters, strides, block_fn_cand, block_repeats,
-                                  stochastic_depth_drop_rate, name)
+      return super()._block_group(*args, name=name, **kwargs)
 
-  def _resample_with_alpha(self, inputs, input_width, input_block_fn, target_width,
-                           target_num_filters, target_block_fn, alpha=0.5):
-    # Model Garden resamples parent 0, then parent 1, of each block in order.
+  def _resample(self, *args, **kwargs):
     s = self._structure
     block, which = divmod(s.resamples, 2)
     s.resamples += 1
@@ -164,12 +160,11 @@ class StructuredSpineNet(spinenet.SpineNet):
                    s.names[parent], s.levels[parent], s.block_fns[parent],
                    role=f"input{rank}", filters=self._filters(child),
                    parent_filters=self._filters(parent))):
-      return super()._resample_with_alpha(inputs, input_width, input_block_fn, target_width,
-                                          target_num_filters, target_block_fn, alpha)
+      return getattr(super(), self._RESAMPLE_METHOD)(*args, **kwargs)
 
   def _filters(self, index: int) -> int:
     # As Model Garden sizes a block of this level.
-    return int(spinenet.FILTER_SIZE_MAP[self._structure.levels[index]] * self._filter_size_scale)
+    return int(self._FILTER_SIZE_MAP[self._structure.levels[index]] * self._filter_size_scale)
 
   def _build_endpoints(self, net):
     # One level at a time, so that each endpoint's variables are marked with
@@ -186,6 +181,48 @@ class StructuredSpineNet(spinenet.SpineNet):
     finally:
       self._min_level, self._max_level = low, high
     return endpoints
+
+
+class StructuredSpineNet(_MarkedBlocks, spinenet.SpineNet):
+  """Model Garden's SpineNet, with its variables marked by structural part.
+
+  `block_names` names the searched blocks (one per block spec, default
+  'block0', 'block1', ...); the two stem blocks are 'stem1' and 'stem2'.
+  `dilations` gives each searched block's dilation rate (default 1; only
+  bottleneck blocks can be dilated).
+  """
+
+  _FILTER_SIZE_MAP = spinenet.FILTER_SIZE_MAP
+  _STEM_LEVELS = (2, 2)  # both stem blocks are level-2 bottlenecks
+  _STEM_BLOCK_FN = "bottleneck"
+  _RESAMPLE_METHOD = "_resample_with_alpha"
+
+  def __init__(self, *args, block_names: Optional[Sequence[str]] = None,
+               dilations: Optional[Sequence[int]] = None, **kwargs):
+    self._mark_structure(kwargs.get("block_specs"), block_names, dilations)
+    super().__init__(*args, **kwargs)
+
+  def _resample_with_alpha(self, *args, **kwargs):
+    return self._resample(*args, **kwargs)
+
+
+class StructuredSpineNetMobile(_MarkedBlocks, spinenet_mobile.SpineNetMobile):
+  """Model Garden's SpineNetMobile, with its variables marked by structural
+  part as `StructuredSpineNet`'s are. Its stem blocks are MBConv blocks at
+  levels 1 and 2; its edges downsample with one depthwise convolution per
+  level (so an edge's key says how many levels it spans: `keys`)."""
+
+  _FILTER_SIZE_MAP = spinenet_mobile.FILTER_SIZE_MAP
+  _STEM_LEVELS = (1, 2)
+  _STEM_BLOCK_FN = "mbconv"
+  _RESAMPLE_METHOD = "_resample_with_sepconv"
+
+  def __init__(self, *args, block_names: Optional[Sequence[str]] = None, **kwargs):
+    self._mark_structure(kwargs.get("block_specs"), block_names, None)
+    super().__init__(*args, **kwargs)
+
+  def _resample_with_sepconv(self, *args, **kwargs):
+    return self._resample(*args, **kwargs)
 
 
 @dataclasses.dataclass

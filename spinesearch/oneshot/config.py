@@ -18,7 +18,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional
 
 from spinesearch.errors import ConfigError, UserError
-from spinesearch.files import write_text_atomically
+from spinesearch.files import read_json, write_text_atomically
 from spinesearch.proxy.config import ProxyConfig
 
 META_FILE = "supernet.json"
@@ -90,17 +90,13 @@ class SupernetConfig:
       raise ConfigError(f"supernet dataset type must be synthetic or tfrecord, "
                         f"got {self.dataset.get('type')!r}")
     self.proxy_config()  # refuses unknown or bad proxy settings now
-    self.build_space()  # refuses a space or preset that does not exist, or has mbconv blocks
+    self.build_space()  # refuses a space or preset that does not exist
 
   def build_space(self):
     """The search space whose architectures share the supernet's weights."""
     from spinesearch.space import registry
     space = registry.build_space(self.space, preset=self.space_preset,
                                  search_head=self.search_head)
-    backbone = getattr(space, "backbone", space)
-    if "mbconv" in getattr(backbone, "block_fns", ()):
-      raise ConfigError("supernet: MBConv (mobile) spaces have no one-shot supernet yet: "
-                        "Model Garden's SpineNetMobile is not marked by structural part")
     return space
 
   def proxy_config(self) -> ProxyConfig:
@@ -131,9 +127,8 @@ def read_meta(folder: str) -> Optional[Dict[str, Any]]:
   if not os.path.exists(path):
     return None
   try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    meta = read_json(path)
+  except ValueError as e:
     raise UserError(f"{path}: not a readable supernet description ({e})") from None
   if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
     raise UserError(f"{path}: not a supernet description of format {FORMAT_VERSION}")

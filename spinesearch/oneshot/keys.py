@@ -13,7 +13,8 @@ trains the same tensor, and a key always names tensors of one shape:
                                             a resampling edge: the child block's identity,
                                             which of its inputs (0: the parent built
                                             first), the parent's and the child's type
-                                            and width, and its direction (down, same, up)
+                                            and width, and its direction (down, same, up; an
+                                            MBConv edge down by n > 1 levels: down<n>)
   endpoint/<type>@L<level>/<i>              the 1x1 projection of an output block
   resnet/<i>                                the fixed ResNet of the NAS-FPN space
   fpn_input/L<from>-L<to>/<i>               NAS-FPN's projection of a backbone level
@@ -85,7 +86,7 @@ def variable_key(part: Part, ordinal: int, trainable: bool,
     return f"block/{part.name}/{part.block_fn}x{part.filters}/{ordinal}"
   if k == "resample":
     return (f"resample/{part.name}.{part.role}/{part.parent_block_fn}x{part.parent_filters}-"
-            f"{_direction(part.parent_level, part.level)}-{part.block_fn}x{part.filters}/{ordinal}")
+            f"{_direction(part)}-{part.block_fn}x{part.filters}/{ordinal}")
   if k == "endpoint":
     return f"endpoint/{part.block_fn}@L{part.level}/{ordinal}"
   if k == "fpn_input":
@@ -100,5 +101,11 @@ def variable_key(part: Part, ordinal: int, trainable: bool,
   raise ValueError(f"no key for a variable of a {k!r} part")
 
 
-def _direction(parent_level: int, level: int) -> str:
-  return "down" if parent_level < level else "up" if parent_level > level else "same"
+def _direction(part: Part) -> str:
+  """'down', 'same' or 'up'; an MBConv edge down by more than one level is
+  'down<levels>': SpineNetMobile gives it one depthwise convolution per level
+  (SpineNet's edges have one strided convolution, then pooling)."""
+  steps = part.level - part.parent_level
+  if steps > 1 and part.block_fn == "mbconv":
+    return f"down{steps}"
+  return "down" if steps > 0 else "up" if steps < 0 else "same"
