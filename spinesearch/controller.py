@@ -53,6 +53,10 @@ flags.DEFINE_boolean("search_head", False,
                      "Also search the detection head (NAS-FCOS, Hit-Detector): convolutions "
                      "per head 1-4, width x0.5/x1/x2 of the scaling's, separable or not, "
                      "and with merging cells the NAS-FPN repeats 1/3/5/7. Any space.")
+flags.DEFINE_boolean("search_fusion", False,
+                     "Also search how the backbone's blocks merge their inputs: Model "
+                     "Garden's sum, or EfficientDet's weighted fusion (a learned weight per "
+                     "input). Spaces with searched blocks (spinenet, joint, scale_decreased).")
 flags.DEFINE_integer("parent_window", None,
                      "Intermediate SpineNet blocks pick parents among the last K blocks "
                      "built (default: the preset's, 5 in the paper).", lower_bound=2)
@@ -278,6 +282,8 @@ def space_options() -> Dict[str, Any]:
     options["parent_window"] = FLAGS.parent_window
   if FLAGS.search_head:
     options["search_head"] = True
+  if FLAGS.search_fusion:
+    options["search_fusion"] = True
   return options
 
 

@@ -90,8 +90,8 @@ def architecture_graph(architecture: Architecture) -> ArchitectureGraph:
 
 
 def head_caption(architecture: Architecture) -> str:
-  """The searched head and NAS-FPN repeats in words, or "" when the
-  architecture leaves them to its scaling."""
+  """The searched head, NAS-FPN repeats and a weighted input fusion in words,
+  or "" when the architecture leaves them to its scaling and sums its inputs."""
   head, parts = architecture.head, []
   if head.num_convs:
     parts.append(f"{head.num_convs} conv{'s' if head.num_convs > 1 else ''} per head")
@@ -103,6 +103,9 @@ def head_caption(architecture: Architecture) -> str:
   if architecture.fpn_repeats:
     repeats = f"NAS-FPN cells x{architecture.fpn_repeats}"
     text = f"{text}; {repeats}" if text else repeats
+  if architecture.fusion != "sum":
+    fusion = f"{architecture.fusion} input fusion"
+    text = f"{text}; {fusion}" if text else fusion
   return text
 
 

@@ -53,7 +53,9 @@ ZEN_ALPHA = 0.01
 
 # Weight name -> how ZenNAS initialises it (None: Gaussian N(0, 1)).
 _INITIAL_VALUES = {"kernel": None, "depthwise_kernel": None, "bias": 0.0, "beta": 0.0,
-                   "gamma": 1.0, "moving_mean": 0.0, "moving_variance": 1.0}
+                   "gamma": 1.0, "moving_mean": 0.0, "moving_variance": 1.0,
+                   # Equal weights, as a weighted fusion starts (EfficientDet).
+                   "fusion_weight": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,3 +39,18 @@ def random_walks_refuse_masked_choices(space, rng, num_walks):
           space.decode(bad)
         refused += 1
   return refused
+
+
+def sample_round_trips(space, rng, num_samples):
+  """Samples `num_samples` architectures of `space`; each must validate, survive
+  JSON, and encode back to decisions that decode to it. Returns them."""
+  from spinesearch.space.architecture import Architecture
+  samples = []
+  for _ in range(num_samples):
+    architecture = space.decode(space.sample(rng))
+    space.validate(architecture)
+    again = Architecture.from_json(architecture.to_json())
+    assert again == architecture
+    assert space.decode(space.encode(again)) == architecture
+    samples.append(architecture)
+  return samples

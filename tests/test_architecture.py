@@ -82,7 +82,7 @@ MALFORMED = [
     # (id, document, message)
     ("non-object", [], "architecture: expected a JSON object, got list"),
     ("unknown key", with_key(spinenet49_dict(), ["color"], "red"),
-     r"architecture: unknown key.s. 'color'; allowed: blocks, cells, fpn_repeats, head, name"),
+     r"architecture: unknown key.s. 'color'; allowed: blocks, cells, fpn_repeats, fusion, head, name"),
     ("unknown block key", with_key(spinenet49_dict(), ["blocks", 0, "stride"], 2),
      r"blocks\[0\]: unknown key.s. 'stride'"),
     ("unknown scaling key", with_key(spinenet49_dict(), ["scaling", "depth"], 2),

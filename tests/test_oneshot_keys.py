@@ -104,24 +104,26 @@ def test_two_architectures_that_share_a_block_share_its_tensors():
   assert {id(v) for v in model_b.weights} >= {id(built_a.variables[k]) for k in common}
 
 
-# Every space with shared weights, and the CR-NAS and head options.
-KEYED_SPACES = [("spinenet", "default", False), ("nasfpn", "default", False),
-                ("spinenet", "mobile", False), ("joint", "mobile", False),
-                ("joint", "default", False), ("spinenet", "realloc", False),
-                ("scale_decreased", "dilated", False), ("joint", "default", True)]
+# Every space with shared weights, and the CR-NAS, head and fusion options.
+HEAD, FUSION = {"search_head": True}, {"search_fusion": True}
+KEYED_SPACES = [("spinenet", "default", {}), ("nasfpn", "default", {}),
+                ("spinenet", "mobile", {}), ("joint", "mobile", {}),
+                ("joint", "default", {}), ("spinenet", "realloc", {}),
+                ("scale_decreased", "dilated", {}), ("joint", "default", HEAD),
+                ("spinenet", "default", FUSION), ("spinenet", "mobile", FUSION)]
 
 
-@pytest.mark.parametrize("space_name,preset,head", KEYED_SPACES)
-def test_every_key_of_random_samples_has_one_shape(space_name, preset, head):
+@pytest.mark.parametrize("space_name,preset,options", KEYED_SPACES)
+def test_every_key_of_random_samples_has_one_shape(space_name, preset, options):
   # The options' spaces with 2 samples here, all with 200 in the slow tests.
-  samples = 4 if (preset, head) == ("default", False) else 2
-  check_key_shapes(space_name, num_samples=samples, preset=preset, search_head=head)
+  samples = 4 if (preset, options) == ("default", {}) else 2
+  check_key_shapes(space_name, num_samples=samples, preset=preset, **options)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("space_name,preset,head", KEYED_SPACES)
-def test_every_key_of_200_random_samples_has_one_shape(space_name, preset, head):
-  check_key_shapes(space_name, num_samples=200, preset=preset, search_head=head)
+@pytest.mark.parametrize("space_name,preset,options", KEYED_SPACES)
+def test_every_key_of_200_random_samples_has_one_shape(space_name, preset, options):
+  check_key_shapes(space_name, num_samples=200, preset=preset, **options)
 
 
 def test_a_searched_head_is_keyed_by_layer_and_shape():
@@ -139,8 +141,8 @@ def test_a_searched_head_is_keyed_by_layer_and_shape():
   assert any(k.startswith("head/scores/kernel/") for k in head_2)
 
 
-def check_key_shapes(space_name, num_samples, preset="default", search_head=False):
-  space = build_space(space_name, preset, search_head=search_head)
+def check_key_shapes(space_name, num_samples, preset="default", **options):
+  space = build_space(space_name, preset, **options)
   shapes = {}
   rng = random.Random(7)
   for _ in range(num_samples):

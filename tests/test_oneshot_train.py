@@ -216,6 +216,34 @@ def test_an_mbconv_supernet_trains_and_scores_mobile_spinenet_49(tmp_path, cache
   assert 0.0 <= result["metrics"]["ap"] <= 1.0
 
 
+def test_a_fusion_supernet_trains_the_fusion_weights_a_trial_inherits(tmp_path, cache,
+                                                                     monkeypatch):
+  """--search_fusion: the supernet's paths sum or weigh their inputs; the
+  fusion weights of the weighted paths are trained and stored by key, and a
+  weighted SpineNet-49 trial inherits them."""
+  from spinesearch import evaluate
+  from spinesearch.oneshot import bank
+  from spinesearch.space import known
+  from spinesearch.space.registry import build_space
+  folder = str(tmp_path / "fusion")
+  run = oneshot("train", f"--supernet_dir={folder}", "--search_fusion", "--train_steps=4",
+                "--seed=3",
+                "--reference_every_steps=0", *TINY_FLAGS, cache=cache)
+  assert run.returncode == 0, run.stderr[-3000:]
+  meta = read_meta(folder)
+  assert meta["config"]["search_fusion"] is True and meta["space"]["fusion"]
+  stored = bank.read_arrays(os.path.join(folder, meta["weights"]["file"]))
+  fusion = {k: v for k, v in stored.items() if k.startswith("fusion/")}
+  assert fusion and all(v.shape == () for v in fusion.values())
+  assert any(float(v) != 1.0 for v in fusion.values())  # trained away from their start
+  monkeypatch.setenv("TEST_CACHE", cache)
+  weighted = known.spinenet49().replace(fusion="weighted")
+  request = trial_request(folder, build_space("spinenet", search_fusion=True).config(), weighted)
+  result = evaluate.evaluate_trial(request)
+  assert result["status"] == "done", result["error"]
+  assert 0.5 < result["metrics"]["inherited_fraction"] <= 1.0
+
+
 def test_a_supernet_of_another_space_is_refused_in_one_line(tiny_supernet, cache, tmp_path):
   run = subprocess.run(
       [sys.executable, "-m", "spinesearch.controller", "--search_space=nasfpn",

@@ -40,7 +40,8 @@ def test_flagfile_names_known_flags_and_valid_choices(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_flagfile_space_builds(path):
   values = _flags(path)
-  space = build_space(values.get("search_space", "spinenet"), values.get("space_preset", "default"))
+  space = build_space(values.get("search_space", "spinenet"), values.get("space_preset", "default"),
+                      search_head="search_head" in values, search_fusion="search_fusion" in values)
   assert space.log10_size() > 0
 
 

@@ -12,6 +12,7 @@ from spinesearch.space import known
 from spinesearch.space.allocation import AllocationChoice, block_cost
 from spinesearch.space.architecture import Architecture
 from spinesearch.space.registry import build_space, space_from_config
+from space_helpers import sample_round_trips
 
 NEW_SPACES = [("spinenet", "realloc"), ("scale_decreased", "default"),
               ("scale_decreased", "dilated")]
@@ -22,15 +23,8 @@ RESNET_LIKE = {2: 3, 3: 4, 4: 6, 5: 3, 6: 1, 7: 1}
 @pytest.mark.parametrize("space_name,preset", NEW_SPACES)
 def test_200_samples_validate_round_trip_and_survive_json(space_name, preset):
   space = build_space(space_name, preset)
-  rng = random.Random(1)
-  seen = set()
-  for _ in range(200):
-    architecture = space.decode(space.sample(rng))
-    space.validate(architecture)
-    again = Architecture.from_json(architecture.to_json())
-    assert again == architecture
-    assert space.decode(space.encode(again)).fingerprint() == architecture.fingerprint()
-    seen.add(architecture.fingerprint())
+  seen = {architecture.fingerprint()
+          for architecture in sample_round_trips(space, random.Random(1), 200)}
   assert len(seen) > 190
   assert space_from_config(json.loads(json.dumps(space.config()))).config() == space.config()
 

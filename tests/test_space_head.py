@@ -10,6 +10,7 @@ from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.space import known
 from spinesearch.space.architecture import Architecture, HeadSpec
 from spinesearch.space.registry import SPACES, build_space, space_from_config
+from space_helpers import sample_round_trips
 
 
 @pytest.mark.parametrize("space_name", sorted(SPACES))
@@ -23,14 +24,8 @@ def test_every_space_can_search_its_head(space_name):
       (["fpn.repeats"] if cells else [])
   assert space.log10_size() == pytest.approx(plain.log10_size() + np.log10(4 * 3 * 2) +
                                              (np.log10(4) if cells else 0))
-  rng = random.Random(3)
-  heads = set()
-  for _ in range(200):
-    architecture = space.decode(space.sample(rng))
-    space.validate(architecture)
-    again = Architecture.from_json(architecture.to_json())
-    assert again == architecture and space.decode(space.encode(again)) == architecture
-    heads.add((architecture.head, architecture.fpn_repeats))
+  heads = {(architecture.head, architecture.fpn_repeats)
+           for architecture in sample_round_trips(space, random.Random(3), 200)}
   assert len(heads) >= 0.7 * 24 * (4 if cells else 1)  # most of the combinations
   restored = space_from_config(json.loads(json.dumps(space.config())))
   assert restored.config() == space.config() and restored.name == space_name

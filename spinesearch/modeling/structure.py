@@ -16,6 +16,16 @@ module's `nn_blocks` is seen through a view whose BottleneckBlock has that rate
 (`_dilated`). Model building is single-threaded here; the view is restored
 when the block is built.
 
+Both SpineNets can also merge a block's inputs with EfficientDet's learned
+weights (Model Garden's `weighted_fusion`, which their constructors do not
+expose). Model Garden creates each weight as a bare `tf.Variable` in the middle
+of building a functional model, where Keras never tracks it: it would be a
+constant of the graph, with no gradient and no place in the weights. While the
+network is built with `weighted_fusion=True`, the module's `tf` is seen
+through a view whose `Variable` returns the output of a `FusionWeight` layer
+instead, a tracked trainable scalar (`_trainable_fusion`); Model Garden's
+arithmetic on it is unchanged.
+
 A variable created while a part is marked can be read with `current_part()`
 from a variable creator (`tf.variable_creator_scope`); the part and the
 variable's ordinal within the part identify it structurally. Outside a creator
@@ -26,9 +36,12 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import re
 import threading
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
+import tensorflow as tf
+import tf_keras
 from official.vision.modeling.backbones import spinenet, spinenet_mobile
 from official.vision.modeling.decoders import nasfpn
 from official.vision.modeling.layers import nn_blocks
@@ -41,7 +54,7 @@ class Part:
   """A structural part of a model.
 
   kind: 'stem', 'block', 'resample' (a parent block to a child block),
-    'endpoint', 'fpn_input' (a backbone feature projected for NAS-FPN),
+    'fusion' (a block's learned weight of one input), 'endpoint', 'fpn_input' (a backbone feature projected for NAS-FPN),
     'cell_input' (a feature resampled for a merging cell), 'cell' (a merging
     cell's own convolution), 'resnet' or 'head'.
   name: the block's name ('block'); the child's ('resample'); the cell's,
@@ -54,7 +67,8 @@ class Part:
     ('resample', 'cell_input', 'fpn_input').
   role: which input of its block or cell: 'input0' (for a block: the parent
     built first), 'input1', or for 'cell_input' 'extra' (an unconsumed feature
-    summed into an output cell).
+    summed into an output cell); for 'fusion' also 'extra<k>' (the k-th
+    unconsumed block summed into an output block).
   """
   kind: str
   name: str = ""
@@ -111,9 +125,10 @@ class _MarkedBlocks:
   _STEM_LEVELS: Tuple[int, ...] = ()
   _STEM_BLOCK_FN = ""
   _RESAMPLE_METHOD = ""
+  _MODULE = None  # the Model Garden module that builds the network
 
   def _mark_structure(self, specs, block_names: Optional[Sequence[str]],
-                      dilations: Optional[Sequence[int]]) -> None:
+                      dilations: Optional[Sequence[int]], weighted_fusion: bool) -> None:
     if specs is None:
       raise ValueError(f"{type(self).__name__} needs block_specs")
     names = list(block_names) if block_names is not None else [
@@ -131,7 +146,29 @@ class _MarkedBlocks:
         levels=list(self._STEM_LEVELS) + [s.level for s in specs],
         block_fns=[self._STEM_BLOCK_FN] * stems + [s.block_fn for s in specs],
         specs=list(specs),
-        dilations=[1] * stems + rates)
+        dilations=[1] * stems + rates,
+        weighted_fusion=bool(weighted_fusion))
+
+  def _build_scale_permuted_network(self, net, input_width, weighted_fusion=False):
+    if not (weighted_fusion or self._structure.weighted_fusion):
+      return super()._build_scale_permuted_network(net, input_width)
+    make_weight = functools.partial(self._fusion_weight, net[0])
+    with _trainable_fusion(self._MODULE, make_weight):
+      return super()._build_scale_permuted_network(net, input_width, weighted_fusion=True)
+
+  def _fusion_weight(self, anchor, initial_value, name=None, **unused):
+    """What the fusion's `tf.Variable(initial_value, name='block<i>_fusion<j>')`
+    becomes: input j of searched block i's weight, a `FusionWeight` layer's
+    output (it reads `anchor`, an input of the network, only to join the
+    functional graph)."""
+    block, j = map(int, re.fullmatch(r"block(\d+)_fusion(\d+)", name).groups())
+    s = self._structure
+    child = len(STEM_NAMES) + block
+    offsets = list(s.specs[block].input_offsets)
+    role = f"input{sorted(offsets).index(offsets[j])}" if j < 2 else f"extra{j - 2}"
+    with part(Part("fusion", s.names[child], s.levels[child], s.block_fns[child], role=role,
+                   filters=self._filters(child))):
+      return FusionWeight(initial_value)(anchor)
 
   def _build_stem(self, inputs):
     with part(Part("stem")):
@@ -196,10 +233,12 @@ class StructuredSpineNet(_MarkedBlocks, spinenet.SpineNet):
   _STEM_LEVELS = (2, 2)  # both stem blocks are level-2 bottlenecks
   _STEM_BLOCK_FN = "bottleneck"
   _RESAMPLE_METHOD = "_resample_with_alpha"
+  _MODULE = spinenet
 
   def __init__(self, *args, block_names: Optional[Sequence[str]] = None,
-               dilations: Optional[Sequence[int]] = None, **kwargs):
-    self._mark_structure(kwargs.get("block_specs"), block_names, dilations)
+               dilations: Optional[Sequence[int]] = None, weighted_fusion: bool = False,
+               **kwargs):
+    self._mark_structure(kwargs.get("block_specs"), block_names, dilations, weighted_fusion)
     super().__init__(*args, **kwargs)
 
   def _resample_with_alpha(self, *args, **kwargs):
@@ -216,9 +255,11 @@ class StructuredSpineNetMobile(_MarkedBlocks, spinenet_mobile.SpineNetMobile):
   _STEM_LEVELS = (1, 2)
   _STEM_BLOCK_FN = "mbconv"
   _RESAMPLE_METHOD = "_resample_with_sepconv"
+  _MODULE = spinenet_mobile
 
-  def __init__(self, *args, block_names: Optional[Sequence[str]] = None, **kwargs):
-    self._mark_structure(kwargs.get("block_specs"), block_names, None)
+  def __init__(self, *args, block_names: Optional[Sequence[str]] = None,
+               weighted_fusion: bool = False, **kwargs):
+    self._mark_structure(kwargs.get("block_specs"), block_names, None, weighted_fusion)
     super().__init__(*args, **kwargs)
 
   def _resample_with_sepconv(self, *args, **kwargs):
@@ -232,7 +273,52 @@ class _SpineStructure:
   block_fns: List[str]
   specs: List
   dilations: List[int]
+  weighted_fusion: bool = False
   resamples: int = 0
+
+
+class FusionWeight(tf_keras.layers.Layer):
+  """One input's weight in a block's weighted fusion: a trainable scalar,
+  created as a Keras weight so that models track, train and save it. Its
+  input only places it in a functional graph; the output is the weight."""
+
+  def __init__(self, initial_value: float = 1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.initial_value = float(initial_value)
+
+  def build(self, input_shape):
+    self.weight = self.add_weight(
+        name="fusion_weight", shape=(), trainable=True,
+        initializer=tf_keras.initializers.Constant(self.initial_value))
+    super().build(input_shape)
+
+  def call(self, inputs):
+    del inputs
+    return tf.identity(self.weight)
+
+  def get_config(self):
+    return {**super().get_config(), "initial_value": self.initial_value}
+
+
+class _FusionTF:
+  """TensorFlow as a Model Garden module sees it while fusion weights are
+  made: `Variable` is `make_weight`, everything else is TensorFlow's."""
+
+  def __init__(self, make_weight):
+    self.Variable = make_weight  # pylint: disable=invalid-name
+
+  def __getattr__(self, attribute):
+    return getattr(tf, attribute)
+
+
+@contextlib.contextmanager
+def _trainable_fusion(module, make_weight) -> Iterator[None]:
+  """Model Garden's `module` makes its fusion weights with `make_weight` inside."""
+  module.tf = _FusionTF(make_weight)
+  try:
+    yield
+  finally:
+    module.tf = tf
 
 
 class _DilatedBlocks:

@@ -27,6 +27,9 @@ flags.DEFINE_enum("space_preset", "default", list(space_registry.preset_names())
                   "The space's preset (as the search driver's --space_preset).")
 flags.DEFINE_boolean("search_head", False,
                      "The paths' heads are searched too (as the search driver's --search_head).")
+flags.DEFINE_boolean("search_fusion", False,
+                     "The paths' input fusion is searched too (as the search driver's "
+                     "--search_fusion).")
 flags.DEFINE_string("proxy_preset", "quickstart",
                     "Proxy settings every path is built and trained with (scaling, input "
                     "size, anchors, optimizer, batch size): quickstart, paper or tiny.")
@@ -108,6 +111,7 @@ def supernet_config():
                "seed": FLAGS.synthetic_seed}
   return SupernetConfig(
       space=FLAGS.search_space, space_preset=FLAGS.space_preset, search_head=FLAGS.search_head,
+      search_fusion=FLAGS.search_fusion,
       proxy_preset=FLAGS.proxy_preset, proxy_overrides=overrides, dataset=dataset,
       train_steps=FLAGS.train_steps, pool_size=FLAGS.pool_size, path_steps=FLAGS.path_steps,
       sampling=FLAGS.sampling, max_multiply_adds=FLAGS.max_multiply_adds,

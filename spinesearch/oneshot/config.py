@@ -33,8 +33,9 @@ class SupernetConfig:
   """Everything that defines a supernet's training; a resumed training must
   have the same.
 
-  space, space_preset, search_head: the search space whose architectures
-    share weights (with search_head, its head decisions too).
+  space, space_preset, search_head, search_fusion: the search space whose
+    architectures share weights (with search_head, its head decisions too;
+    with search_fusion, its fusion decision).
   proxy_preset, proxy_overrides: the proxy settings paths are built and
     trained with (scaling, input size, anchors, optimizer, batch size).
   dataset: {"type": "synthetic", "num_train", "num_val", "image_size", "seed"}
@@ -54,6 +55,7 @@ class SupernetConfig:
   space: str = "spinenet"
   space_preset: str = "default"
   search_head: bool = False
+  search_fusion: bool = False
   proxy_preset: str = "quickstart"
   proxy_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   dataset: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {
@@ -96,7 +98,8 @@ class SupernetConfig:
     """The search space whose architectures share the supernet's weights."""
     from spinesearch.space import registry
     space = registry.build_space(self.space, preset=self.space_preset,
-                                 search_head=self.search_head)
+                                 search_head=self.search_head,
+                                 search_fusion=self.search_fusion)
     return space
 
   def proxy_config(self) -> ProxyConfig:
@@ -105,7 +108,10 @@ class SupernetConfig:
         self.proxy_overrides, train_steps=self.train_steps, train_epochs=None))
 
   def to_dict(self) -> Dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(self)))
+    data = json.loads(json.dumps(dataclasses.asdict(self)))
+    if not self.search_fusion:  # as supernets made before the option describe themselves
+      del data["search_fusion"]
+    return data
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> "SupernetConfig":
@@ -117,7 +123,7 @@ class SupernetConfig:
 
   def differences(self, other: "SupernetConfig") -> List[str]:
     """'name: then -> now' for each setting that differs."""
-    mine, theirs = self.to_dict(), other.to_dict()
+    mine, theirs = (json.loads(json.dumps(dataclasses.asdict(c))) for c in (self, other))
     return [f"{k}: {mine[k]!r} -> {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
 
 

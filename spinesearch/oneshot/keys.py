@@ -15,6 +15,9 @@ trains the same tensor, and a key always names tensors of one shape:
                                             first), the parent's and the child's type
                                             and width, and its direction (down, same, up; an
                                             MBConv edge down by n > 1 levels: down<n>)
+  fusion/<child>.<role>/<i>                 a block's learned weight of one input (weighted
+                                            fusion): input0, input1, or extra<k>, the
+                                            k-th unconsumed block an output block sums in
   endpoint/<type>@L<level>/<i>              the 1x1 projection of an output block
   resnet/<i>                                the fixed ResNet of the NAS-FPN space
   fpn_input/L<from>-L<to>/<i>               NAS-FPN's projection of a backbone level
@@ -87,6 +90,8 @@ def variable_key(part: Part, ordinal: int, trainable: bool,
   if k == "resample":
     return (f"resample/{part.name}.{part.role}/{part.parent_block_fn}x{part.parent_filters}-"
             f"{_direction(part)}-{part.block_fn}x{part.filters}/{ordinal}")
+  if k == "fusion":
+    return f"fusion/{part.name}.{part.role}/{ordinal}"
   if k == "endpoint":
     return f"endpoint/{part.block_fn}@L{part.level}/{ordinal}"
   if k == "fpn_input":

@@ -25,6 +25,9 @@ SCHEMA_VERSION = 1
 SPACES = ("spinenet", "nasfpn", "joint")
 BLOCK_FNS = ("bottleneck", "residual", "mbconv")
 COMBINE_FNS = ("sum", "attention")
+# How a block merges its inputs: Model Garden's plain sum, or EfficientDet's
+# fast normalised fusion (a learned non-negative weight per input).
+FUSIONS = ("sum", "weighted")
 NUM_STEM_BLOCKS = 2
 MIN_BLOCK_LEVEL = 1
 MAX_BLOCK_LEVEL = 7
@@ -156,6 +159,9 @@ class Architecture:
   # the scaling's): the head, and the number of NAS-FPN repeats.
   head: HeadSpec = dataclasses.field(default_factory=HeadSpec)
   fpn_repeats: int = 0
+  # How every searched block merges its inputs (FUSIONS); Model Garden's
+  # SpineNet and SpineNetMobile offer weighted fusion for a whole backbone.
+  fusion: str = "sum"
 
   def __post_init__(self):
     object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -239,6 +245,11 @@ class Architecture:
     if self.fpn_repeats and not self.cells:
       raise ArchitectureError("fpn_repeats: only an architecture with merging cells has "
                               "NAS-FPN repeats")
+    if self.fusion not in FUSIONS:
+      raise ArchitectureError(f"fusion: must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+    if self.fusion != "sum" and not self.blocks:
+      raise ArchitectureError(f"fusion: {self.fusion} fusion merges the inputs of searched "
+                              f"backbone blocks; a {self.space} architecture has none")
     if self.cells:
       # Without searched blocks the fixed backbone serves whatever levels the
       # cells' outputs span (Model Garden's NAS-FPN adds missing coarse levels).
@@ -263,6 +274,8 @@ class Architecture:
       data["head"] = self.head.to_dict()
     if self.fpn_repeats:
       data["fpn_repeats"] = self.fpn_repeats
+    if self.fusion != "sum":
+      data["fusion"] = self.fusion
     return data
 
   def to_json(self, indent: Optional[int] = 2) -> str:
@@ -278,12 +291,15 @@ class Architecture:
       structure["head"] = self.head.to_dict()
     if self.fpn_repeats:
       structure["fpn_repeats"] = self.fpn_repeats
+    if self.fusion != "sum":
+      structure["fusion"] = self.fusion
     return json.dumps(structure, separators=(",", ":"))
 
   @classmethod
   def from_dict(cls, data: Any) -> "Architecture":
     _require_mapping(data, "architecture")
-    allowed = {"version", "space", "name", "blocks", "cells", "scaling", "head", "fpn_repeats"}
+    allowed = {"version", "space", "name", "blocks", "cells", "scaling", "head", "fpn_repeats",
+               "fusion"}
     _refuse_unknown_keys(data, allowed, "architecture")
     for key in ("version", "space"):
       if key not in data:
@@ -302,6 +318,7 @@ class Architecture:
         scaling=Scaling.from_dict(data.get("scaling", {})),
         head=HeadSpec.from_dict(data.get("head", {})),
         fpn_repeats=data.get("fpn_repeats", 0),
+        fusion=data.get("fusion", "sum"),
     )
     return arch.validate()
 

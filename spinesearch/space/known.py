@@ -7,7 +7,7 @@ segmentation; for detection with P3..P7 it feeds nothing, so it is left out.
 from typing import Dict, NamedTuple, Optional
 
 from spinesearch.errors import ArchitectureError
-from spinesearch.space.architecture import Architecture, BlockSpec, CellSpec, HeadSpec, Scaling
+from spinesearch.space.architecture import Architecture, BlockSpec, CellSpec, Scaling
 
 # (level, block_fn, input_offsets, is_output); offsets index [stem1, stem2, blocks...].
 SPINENET_49_BLOCKS = (
@@ -115,15 +115,14 @@ def spinenet49_nasfpn(scaling: Scaling = Scaling()) -> Architecture:
 def published_point(space) -> Optional[Architecture]:
   """The published architecture that lies in `space` (a SearchSpace):
   SpineNet-49, Mobile SpineNet-49, NAS-FPN, SpineNet-49 + NAS-FPN, or
-  SpineNet-49's blocks in scale-decreased order, at the default scaling; None
-  if none does (e.g. the vertex preset's allocation)."""
-  from spinesearch.space.head import WithHead
-  if isinstance(space, WithHead):
-    # RetinaNet's head (4 convolutions at the scaling's width) and Model
-    # Garden's 5 NAS-FPN repeats, where the space offers them.
+  SpineNet-49's blocks in scale-decreased order, at the default scaling, with
+  the published values of a searched head or fusion (RetinaNet's head, 5
+  NAS-FPN repeats, summed inputs); None if none does (e.g. the vertex
+  preset's allocation)."""
+  from spinesearch.space.options import ArchitectureOptions
+  if isinstance(space, ArchitectureOptions):
     inner = published_point(space.inner)
-    point = inner and inner.replace(head=HeadSpec(4, 1.0, False),
-                                    fpn_repeats=5 if space.has_cells else 0)
+    point = inner and space.published(inner)
     try:
       return point and (space.encode(point) and point)
     except ArchitectureError:

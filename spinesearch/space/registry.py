@@ -6,6 +6,7 @@ from typing import Any, Dict, Mapping, Tuple, Type
 from spinesearch.errors import ArchitectureError, ConfigError
 from spinesearch.space.architecture import SPACES as ARCHITECTURE_SPACES, Architecture
 from spinesearch.space.base import SearchSpace
+from spinesearch.space.fusion import WithFusion
 from spinesearch.space.head import WithHead
 from spinesearch.space.joint import JointSpace
 from spinesearch.space.nasfpn import PRESETS as NASFPN_PRESETS, MergingCellSpace
@@ -42,14 +43,20 @@ def _space_class(name: Any) -> Type[SearchSpace]:
   return SPACES[name]
 
 
+# Options of a whole architecture, outermost last: a config names each by its key.
+OPTION_WRAPPERS = (WithHead, WithFusion)
+
+
 def build_space(name: str, preset: str = "default", *, search_head=False,
-                **settings) -> SearchSpace:
+                search_fusion=False, **settings) -> SearchSpace:
   """The space `name` with a preset's settings, overridden by `settings`;
   with `search_head` (True, or WithHead's keyword arguments) it also searches
-  the detection head (`space.head`)."""
+  the detection head (`space.head`), with `search_fusion` (True, or
+  WithFusion's) how its blocks merge their inputs (`space.fusion`)."""
   space = _build_space(name, preset, **settings)
-  if search_head:
-    return WithHead(space, **(search_head if isinstance(search_head, Mapping) else {}))
+  for wrapper, wanted in zip(OPTION_WRAPPERS, (search_head, search_fusion)):
+    if wanted:
+      space = wrapper(space, **(wanted if isinstance(wanted, Mapping) else {}))
   return space
 
 
@@ -70,13 +77,15 @@ def space_from_config(config: Mapping) -> SearchSpace:
     raise ConfigError(f"search space config: expected an object, got {type(config).__name__}")
   if "name" not in config:
     raise ConfigError("search space config: missing key 'name'")
-  if "head" in config:
-    head = config["head"]
-    if not isinstance(head, Mapping):
-      raise ConfigError(f"search space config: head must be an object, got {head!r}")
-    inner = space_from_config({k: v for k, v in config.items() if k != "head"})
-    _refuse_unknown_settings(WithHead, head, skip=("space",))
-    return WithHead(inner, **head)
+  for wrapper in reversed(OPTION_WRAPPERS):
+    key = wrapper.config_key
+    if key in config:
+      options = config[key]
+      if not isinstance(options, Mapping):
+        raise ConfigError(f"search space config: {key} must be an object, got {options!r}")
+      inner = space_from_config({k: v for k, v in config.items() if k != key})
+      _refuse_unknown_settings(wrapper, options, skip=("space",))
+      return wrapper(inner, **options)
   cls = _space_class(config["name"])
   settings = {k: v for k, v in config.items() if k != "name"}
   if cls is JointSpace:
@@ -105,6 +114,7 @@ def _refuse_unknown_settings(cls: Type[SearchSpace], settings: Mapping, skip=())
            if p != "self" and p not in skip]
   unknown = sorted(set(settings) - set(valid))
   if unknown:
-    label = f"{cls.name} space" if isinstance(cls.name, str) else "search space head"
+    label = (f"{cls.name} space" if isinstance(cls.name, str) else
+             f"search space {cls.config_key}")
     raise ConfigError(f"{label}: unknown setting(s) {', '.join(unknown)}; "
                       f"valid: {', '.join(valid)}")
