@@ -47,8 +47,10 @@ flags.DEFINE_enum("space_preset", "default", list(space_registry.preset_names())
                   "window 4, NAS-FPN levels 4..7); 'mobile' searches Mobile SpineNet "
                   "(MBConv blocks, 11 intermediate blocks; spinenet and joint spaces); "
                   "'realloc' (spinenet, joint) also searches how many blocks each level "
-                  "gets at no more block cost, and a dilation rate 1-3 per bottleneck "
-                  "block (CR-NAS); 'dilated' (scale_decreased) adds the dilation rates.")
+                  "gets at no more block cost, and a dilation rate 1-3 per block "
+                  "(CR-NAS); 'mobile_dilated' (spinenet, joint) is 'mobile' with a "
+                  "dilation rate 1-3 per block; 'dilated' (scale_decreased) adds the "
+                  "dilation rates.")
 flags.DEFINE_boolean("search_head", False,
                      "Also search the detection head (NAS-FCOS, Hit-Detector): convolutions "
                      "per head 1-4, width x0.5/x1/x2 of the scaling's, separable or not, "

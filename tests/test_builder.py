@@ -143,7 +143,7 @@ def test_bad_settings_are_refused_with_one_clear_message():
 # spaces with a backbone, and the CR-NAS options (reallocation, dilation).
 SPACE_PRESETS = [(name, "default") for name in sorted(SPACES)] + \
     [("spinenet", "mobile"), ("joint", "mobile"), ("spinenet", "realloc"),
-     ("scale_decreased", "dilated")]
+     ("spinenet", "mobile_dilated"), ("scale_decreased", "dilated")]
 
 
 def _sampled_architectures(seeds):

@@ -110,7 +110,8 @@ KEYED_SPACES = [("spinenet", "default", {}), ("nasfpn", "default", {}),
                 ("spinenet", "mobile", {}), ("joint", "mobile", {}),
                 ("joint", "default", {}), ("spinenet", "realloc", {}),
                 ("scale_decreased", "dilated", {}), ("joint", "default", HEAD),
-                ("spinenet", "default", FUSION), ("spinenet", "mobile", FUSION)]
+                ("spinenet", "default", FUSION), ("spinenet", "mobile", FUSION),
+                ("spinenet", "mobile_dilated", {})]
 
 
 @pytest.mark.parametrize("space_name,preset,options", KEYED_SPACES)

@@ -1,6 +1,7 @@
 """Stage reallocation (CR-NAS): the allocation as decisions, under a fixed block
 total and a block-cost budget; the scale-decreased space; per-block dilation
 in the schema, the spaces and the Model Garden build."""
+import collections
 import json
 import random
 
@@ -113,14 +114,14 @@ def test_block_costs_follow_model_gardens_widths():
     ({"search_allocation": True, "allocation_budget": 0.01}, "no allocation of 10 blocks fits"),
     ({"search_allocation": True, "min_blocks_per_level": 3}, "need more than the 10 blocks"),
     ({"dilations": (2, 3)}, "include 1"),
-    ({"dilations": (1, 2), "block_fns": ("residual",)}, "dilations need bottleneck blocks"),
+    ({"dilations": (1, 1, 2)}, "lists a value twice"),
 ])
 def test_bad_allocation_and_dilation_settings_are_refused(settings, message):
   with pytest.raises(ConfigError, match=message):
     build_space("spinenet", **settings)
 
 
-def test_dilation_is_schema_checked_and_only_bottlenecks_take_it():
+def test_dilation_is_schema_checked():
   blocks = list(known.spinenet49().blocks)
   residual = next(i for i, b in enumerate(blocks) if b.block_fn == "residual")
   bottleneck = next(i for i, b in enumerate(blocks) if b.block_fn == "bottleneck")
@@ -128,8 +129,10 @@ def test_dilation_is_schema_checked_and_only_bottlenecks_take_it():
   # Undilated blocks keep the JSON they had.
   assert all("dilation" not in b for b in data["blocks"])
   data["blocks"][bottleneck]["dilation"] = 2
-  assert Architecture.from_dict(data).blocks[bottleneck].dilation == 2
-  for index, value, message in ((residual, 2, "only bottleneck blocks can be dilated"),
+  data["blocks"][residual]["dilation"] = 3
+  parsed = Architecture.from_dict(data)
+  assert (parsed.blocks[bottleneck].dilation, parsed.blocks[residual].dilation) == (2, 3)
+  for index, value, message in ((residual, 0, "must be an integer 1..3"),
                                 (bottleneck, 4, "must be an integer 1..3"),
                                 (bottleneck, "2", "expected an integer")):
     bad = json.loads(json.dumps(data))
@@ -143,36 +146,60 @@ def test_dilation_is_schema_checked_and_only_bottlenecks_take_it():
   assert Architecture.from_dict(data).fingerprint() != known.spinenet49().fingerprint()
 
 
-def test_the_dilation_mask_follows_the_block_type():
-  space = build_space("spinenet", "realloc")
+@pytest.mark.parametrize("space_name,preset", [("spinenet", "realloc"),
+                                               ("spinenet", "mobile_dilated"),
+                                               ("scale_decreased", "dilated")])
+def test_every_block_type_takes_every_dilation(space_name, preset):
+  space = build_space(space_name, preset)
   rng = random.Random(5)
-  rates = {"bottleneck": set(), "residual": set()}
+  rates = collections.defaultdict(set)
   for _ in range(100):
     for block in space.decode(space.sample(rng)).blocks:
       rates[block.block_fn].add(block.dilation)
-  assert rates == {"bottleneck": {1, 2, 3}, "residual": {1}}
+  assert rates and all(found == {1, 2, 3} for found in rates.values())
 
 
-def test_a_dilated_block_builds_with_its_rate_through_model_garden():
+# (block type, the layer class whose 3x3 convolutions a dilated block of that
+# type dilates, how many such convolutions one block has)
+DILATED_BLOCKS = [("bottleneck", "BottleneckBlock", 1), ("residual", "DilatedResidualBlock", 2),
+                  ("mbconv", "InvertedBottleneckBlock", 1)]
+
+
+@pytest.mark.parametrize("block_fn,block_class,convolutions", DILATED_BLOCKS)
+def test_a_dilated_block_builds_with_its_rate_through_model_garden(block_fn, block_class,
+                                                                   convolutions):
   import tensorflow as tf
-  from official.vision.modeling.backbones import spinenet
+  from official.vision.modeling.backbones import spinenet, spinenet_mobile
   from official.vision.modeling.layers import nn_blocks
   from spinesearch.modeling import builder
   from spinesearch.proxy import ProxyConfig
   tiny = ProxyConfig.from_preset("tiny")
-  blocks = list(known.spinenet49().blocks)
-  index = next(i for i, b in enumerate(blocks) if b.block_fn == "bottleneck")
+  point = known.mobile_spinenet49() if block_fn == "mbconv" else known.spinenet49()
+  blocks = list(point.blocks)
+  index = next(i for i, b in enumerate(blocks) if b.block_fn == block_fn)
   blocks[index] = blocks[index].replace(dilation=3)
-  architecture = tiny.scaled(known.spinenet49().replace(blocks=tuple(blocks)))
+  architecture = tiny.scaled(point.replace(blocks=tuple(blocks)))
   model = builder.build_backbone(architecture, image_size=128)
-  rates = [layer.dilation_rate for layer in model.submodules
-           if isinstance(layer, tf.keras.layers.Conv2D) or type(layer).__name__ == "Conv2D"]
-  # Exactly the block's 3x3 convolution is dilated.
-  assert sorted(set(map(tuple, rates))) == [(1, 1), (3, 3)]
-  assert sum(tuple(r) == (3, 3) for r in rates) == 1
-  assert spinenet.nn_blocks is nn_blocks  # Model Garden's module is left as it was
-  outputs = model(tf.random.stateless_normal([1, 128, 128, 3], seed=[0, 1]))
+  convs = [layer for layer in model.submodules
+           if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D")]
+  dilated = [layer for layer in convs if tuple(layer.dilation_rate) == (3, 3)]
+  # Exactly the block's 3x3 convolutions are dilated, and only in that block.
+  assert {tuple(layer.dilation_rate) for layer in convs} == {(1, 1), (3, 3)}
+  assert len(dilated) == convolutions
+  assert all(layer.kernel_size == (3, 3) for layer in dilated)
+  owners = [layer for layer in model.submodules if type(layer).__name__ == block_class and
+            any(conv is sub for sub in layer.submodules for conv in dilated)]
+  assert len(owners) == 1
+  # Model Garden's modules are left as they were.
+  assert spinenet.nn_blocks is nn_blocks and spinenet_mobile.nn_blocks is nn_blocks
+  images = tf.random.stateless_normal([1, 128, 128, 3], seed=[0, 1])
+  outputs = model(images)
   assert all(np.isfinite(v.numpy()).all() for v in outputs.values())
+  # The rate changes what the network computes.
+  undilated = builder.build_backbone(tiny.scaled(point), image_size=128)
+  undilated.set_weights(model.get_weights())
+  before = undilated(images)
+  assert any(not np.allclose(before[k].numpy(), outputs[k].numpy()) for k in outputs)
 
 
 @pytest.mark.slow

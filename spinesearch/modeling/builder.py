@@ -86,6 +86,7 @@ def build_backbone(architecture: Architecture, *, image_size: int,
   if architecture.blocks[0].block_fn == "mbconv":
     return structure.StructuredSpineNetMobile(
         block_names=block_names,
+        dilations=[b.dilation for b in architecture.blocks],
         weighted_fusion=architecture.fusion == "weighted",
         block_specs=[spinenet_mobile.BlockSpec(*b.as_tuple())
                      for b in architecture.blocks],

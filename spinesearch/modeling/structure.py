@@ -9,10 +9,11 @@ its level and its block type), the resampling edge from a parent to a child
 block, an endpoint, a NAS-FPN repeat, the fixed ResNet, the RetinaNet head.
 Nothing of Model Garden's construction is repeated here.
 
-`StructuredSpineNet` also gives each searched bottleneck block the dilation
-rate of its spec (CR-NAS): Model Garden's BottleneckBlock takes `dilation_rate`
-but its SpineNet does not pass one on, so while such a block is built the
-module's `nn_blocks` is seen through a view whose BottleneckBlock has that rate
+Both also give each searched block the dilation rate of its spec (CR-NAS):
+Model Garden's BottleneckBlock and InvertedBottleneckBlock take
+`dilation_rate` but its SpineNets do not pass one on, and its ResidualBlock has
+none (`DilatedResidualBlock` adds it). While such a block is built the
+module's `nn_blocks` is seen through a view whose blocks have that rate
 (`_dilated`). Model building is single-threaded here; the view is restored
 when the block is built.
 
@@ -137,9 +138,8 @@ class _MarkedBlocks:
       raise ValueError(f"block_names: expected {len(specs)} distinct names, got {names}")
     rates = list(dilations) if dilations is not None else [1] * len(specs)
     if len(rates) != len(specs) or any(
-        rate != 1 and spec.block_fn != "bottleneck" for rate, spec in zip(rates, specs)):
-      raise ValueError(f"dilations: expected {len(specs)} rates, above 1 only for "
-                       f"bottleneck blocks, got {rates}")
+        isinstance(rate, bool) or not isinstance(rate, int) or rate < 1 for rate in rates):
+      raise ValueError(f"dilations: expected {len(specs)} rates >= 1, got {rates}")
     stems = len(self._STEM_LEVELS)
     self._structure = _SpineStructure(
         names=list(STEM_NAMES) + names,
@@ -183,7 +183,7 @@ class _MarkedBlocks:
       marker = part(Part("block", s.names[index], s.levels[index], s.block_fns[index],
                          filters=self._filters(index)))
       rate = s.dilations[index]
-    with marker, _dilated(rate):
+    with marker, _dilated(self._MODULE, rate):
       return super()._block_group(*args, name=name, **kwargs)
 
   def _resample(self, *args, **kwargs):
@@ -225,8 +225,8 @@ class StructuredSpineNet(_MarkedBlocks, spinenet.SpineNet):
 
   `block_names` names the searched blocks (one per block spec, default
   'block0', 'block1', ...); the two stem blocks are 'stem1' and 'stem2'.
-  `dilations` gives each searched block's dilation rate (default 1; only
-  bottleneck blocks can be dilated).
+  `dilations` gives each searched block's dilation rate (default 1).
+  `weighted_fusion` merges each block's inputs with learned weights.
   """
 
   _FILTER_SIZE_MAP = spinenet.FILTER_SIZE_MAP
@@ -258,8 +258,9 @@ class StructuredSpineNetMobile(_MarkedBlocks, spinenet_mobile.SpineNetMobile):
   _MODULE = spinenet_mobile
 
   def __init__(self, *args, block_names: Optional[Sequence[str]] = None,
-               weighted_fusion: bool = False, **kwargs):
-    self._mark_structure(kwargs.get("block_specs"), block_names, None, weighted_fusion)
+               dilations: Optional[Sequence[int]] = None, weighted_fusion: bool = False,
+               **kwargs):
+    self._mark_structure(kwargs.get("block_specs"), block_names, dilations, weighted_fusion)
     super().__init__(*args, **kwargs)
 
   def _resample_with_sepconv(self, *args, **kwargs):
@@ -321,29 +322,55 @@ def _trainable_fusion(module, make_weight) -> Iterator[None]:
     module.tf = tf
 
 
-class _DilatedBlocks:
-  """Model Garden's nn_blocks, with BottleneckBlock at a fixed dilation rate."""
+class DilatedResidualBlock(nn_blocks.ResidualBlock):
+  """Model Garden's ResidualBlock with both 3x3 convolutions dilated by
+  `dilation_rate` (CR-NAS). Model Garden's block has no such argument; its
+  convolutions are made in `build`, so the rate is set on them there, before
+  they first run. Dilation needs stride 1 and 'same' padding, as SpineNet's
+  blocks have."""
 
+  def __init__(self, *args, dilation_rate: int = 1, **kwargs):
+    super().__init__(*args, **kwargs)
+    if dilation_rate != 1 and (self._strides != 1 or self._use_explicit_padding):
+      raise ValueError("a dilated residual block needs strides=1 and 'same' padding")
+    self._dilation_rate = dilation_rate
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    for conv in (self._conv1, self._conv2):
+      conv.dilation_rate = (self._dilation_rate, self._dilation_rate)
+
+  def get_config(self):
+    return {**super().get_config(), "dilation_rate": self._dilation_rate}
+
+
+class _DilatedBlocks:
+  """Model Garden's nn_blocks, with SpineNet's and SpineNetMobile's blocks at a
+  fixed dilation rate."""
+
+  # The attributes are named as the module's classes they stand in for.
   def __init__(self, rate: int):
-    # The attribute is named as the module's class it stands in for.
-    self.BottleneckBlock = functools.partial(  # pylint: disable=invalid-name
-        nn_blocks.BottleneckBlock, dilation_rate=rate)
+    # pylint: disable=invalid-name
+    self.BottleneckBlock = functools.partial(nn_blocks.BottleneckBlock, dilation_rate=rate)
+    self.ResidualBlock = functools.partial(DilatedResidualBlock, dilation_rate=rate)
+    self.InvertedBottleneckBlock = functools.partial(nn_blocks.InvertedBottleneckBlock,
+                                                     dilation_rate=rate)
 
   def __getattr__(self, attribute):
     return getattr(nn_blocks, attribute)
 
 
 @contextlib.contextmanager
-def _dilated(rate: int) -> Iterator[None]:
-  """Model Garden's SpineNet builds its blocks with dilation `rate` inside."""
+def _dilated(module, rate: int) -> Iterator[None]:
+  """Model Garden's `module` builds its blocks with dilation `rate` inside."""
   if rate == 1:
     yield
     return
-  spinenet.nn_blocks = _DilatedBlocks(rate)
+  module.nn_blocks = _DilatedBlocks(rate)
   try:
     yield
   finally:
-    spinenet.nn_blocks = nn_blocks
+    module.nn_blocks = nn_blocks
 
 
 class StructuredNASFPN(nasfpn.NASFPN):

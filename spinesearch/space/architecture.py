@@ -38,8 +38,8 @@ MAX_HEAD_CONVS = 8
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
   """One block of a scale-permuted backbone (Model Garden's SpineNet BlockSpec),
-  plus the dilation rate of its convolutions (CR-NAS; bottleneck blocks only,
-  as Model Garden's residual block has no dilation). A dilation of 1 is left
+  plus the dilation rate of its convolutions (CR-NAS; its 3x3 convolutions,
+  the depthwise one of an MBConv block). A dilation of 1 is left
   out of the JSON, so documents without dilation read and write as before."""
   level: int
   block_fn: str
@@ -445,10 +445,6 @@ def _validate_blocks(blocks: Sequence[BlockSpec]) -> None:
         not 1 <= b.dilation <= MAX_DILATION:
       raise ArchitectureError(
           f"{where}.dilation: must be an integer 1..{MAX_DILATION}, got {b.dilation!r}")
-    if b.dilation != 1 and b.block_fn != "bottleneck":
-      raise ArchitectureError(
-          f"{where}.dilation: only bottleneck blocks can be dilated (Model Garden's "
-          f"{b.block_fn} block has no dilation rate here), got {b.dilation} on a {b.block_fn}")
     _check_offsets(b.input_offsets, NUM_STEM_BLOCKS + i, where, "block (2 stem blocks, then blocks[0..])")
   kinds = {b.block_fn == "mbconv" for b in blocks}
   if len(kinds) > 1:

@@ -10,7 +10,7 @@ the decisions are
      fixed, every level at least `min_blocks_per_level`, optionally under a
      block-cost budget), one decision per level;
   2. per block: its type, then (with more than one `dilations`) its dilation
-     rate (bottleneck blocks only).
+     rate.
 
 The architectures are SpineNet-schema architectures (`space` "spinenet") that
 Model Garden's SpineNet builds, so a scale-permuted and a scale-decreased
@@ -77,8 +77,6 @@ class ScaleDecreasedSpace(SearchSpace):
                         f"got {block_fns!r}")
     self.block_fns = tuple(block_fns)
     self.dilations = dilation_list(dilations, where)
-    if len(self.dilations) > 1 and "bottleneck" not in self.block_fns:
-      raise ConfigError(f"{where}: dilations need bottleneck blocks")
     self.levels = self.choice.levels
     self.num_blocks = self.choice.total
     self._decisions = tuple(self._build_decisions())
@@ -147,7 +145,7 @@ class ScaleDecreasedSpace(SearchSpace):
     return decisions
 
   def log10_size(self) -> float:
-    per_block = len(self.block_fns) + ("bottleneck" in self.block_fns) * (len(self.dilations) - 1)
+    per_block = len(self.block_fns) * len(self.dilations)
     count = sum(1 for _ in self.choice.allocations())
     return (math.log(count) + self.num_blocks * math.log(per_block)) / math.log(10)
 
@@ -179,8 +177,7 @@ class _ScaleDecreasedCursor(SequentialCursor):
     if decision.kind == "allocation_count":
       return space.choice.mask(self._counts)
     if decision.kind == "dilation":
-      dilated = self._types[-1][0] == "bottleneck"
-      return tuple(dilated or d == 1 for d in space.dilations)
+      return (True,) * len(space.dilations)
     return (True,) * len(space.block_fns)
 
   def _apply(self, decision: Decision, choice: int) -> None:

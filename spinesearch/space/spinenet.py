@@ -13,7 +13,7 @@ Decisions, in order:
   3. per block in build order: two distinct parents (ascending), then, for
      intermediate blocks, a level offset added to the base level, then the
      block type, then (with more than one `dilations`) the block's dilation
-     rate (bottleneck blocks only: Model Garden's residual block has none).
+     rate.
 
 Intermediate blocks take their parents from the last `parent_window` features
 built (stem included); output blocks from any earlier feature. Model Garden sums
@@ -46,6 +46,9 @@ PRESETS: Dict[str, Dict] = {
     # CR-NAS on SpineNet: SpineNet-49's 10 intermediate blocks moved between
     # levels 2..5 at no more block cost, and a dilation rate per block.
     "realloc": {"search_allocation": True, "allocation_budget": 1.0, "dilations": (1, 2, 3)},
+    # CR-NAS's dilation on Mobile SpineNet's MBConv blocks.
+    "mobile_dilated": {"intermediate_allocation": MOBILE_ALLOCATION, "block_fns": ("mbconv",),
+                       "dilations": (1, 2, 3)},
 }
 
 
@@ -157,9 +160,6 @@ class ScalePermutedSpace(SearchSpace):
     self.block_fns = tuple(block_fns)
     self.parent_window = _int_setting(parent_window, "parent_window", where, 2)
     self.dilations = dilation_list(dilations, where)
-    if len(self.dilations) > 1 and "bottleneck" not in self.block_fns:
-      raise ConfigError(f"{where}: dilations need bottleneck blocks (Model Garden's residual "
-                        f"and SpineNetMobile blocks take no dilation here)")
     if not isinstance(search_allocation, bool):
       raise ConfigError(f"{where}: search_allocation must be true or false, "
                         f"got {search_allocation!r}")
@@ -241,9 +241,7 @@ class ScalePermutedSpace(SearchSpace):
         sum(c * math.log(len(self.valid_offsets(base))) for base, c in a.items())
         for a in allocations])
     log_count += math.lgamma(len(self.output_levels) + 1)
-    # Block type, and dilation for bottleneck blocks.
-    log_count += self.num_blocks * math.log(
-        len(self.block_fns) + ("bottleneck" in self.block_fns) * (len(self.dilations) - 1))
+    log_count += self.num_blocks * math.log(len(self.block_fns) * len(self.dilations))
     for b in range(self.num_blocks):
       log_count += math.log(math.comb(len(self.parent_range(b)), 2))
     return log_count / math.log(10)
@@ -471,8 +469,7 @@ class _ScalePermutedCursor(SequentialCursor):
       valid = space.valid_offsets(self._bases[len(self._blocks)])
       return tuple(o in valid for o in space.level_offsets)
     if kind == "dilation":
-      dilated = self._blocks[-1].block_fn == "bottleneck"
-      return tuple(dilated or d == 1 for d in space.dilations)
+      return (True,) * len(space.dilations)
     return (True,) * len(space.block_fns)
 
   def _apply(self, decision: Decision, choice: int) -> None:
