@@ -91,10 +91,11 @@ flags.DEFINE_integer("sample_size", None,
 flags.DEFINE_integer("num_mutations", None,
                      "evolution: decisions changed per mutation (default 1).", lower_bound=1)
 flags.DEFINE_integer("initial_mutations", None,
-                     "evolution: draw the first population near the space's published "
-                     "architecture (SpineNet-49, NAS-FPN), each with 0 to K decisions "
-                     "mutated, instead of uniformly; for a one-shot search on a supernet "
-                     "trained with --sampling=around_reference (default: uniform).",
+                     "Start near the space's published architecture (SpineNet-49, "
+                     "NAS-FPN) instead of uniformly: evolution draws its first population "
+                     "with 0 to K decisions of it mutated; ppo / reinforce first fit the "
+                     "policy to such samples. For a one-shot search on a supernet trained "
+                     "with --sampling=around_reference (default: uniform).",
                      lower_bound=0)
 flags.DEFINE_enum("reward", "proxy", sorted(evaluate.REWARD_TYPES),
                   "How a trial is scored: " + "; ".join(
@@ -259,7 +260,7 @@ ALGORITHM_OPTION_FLAGS = {
     "population_size": ("population_size", ("evolution",)),
     "sample_size": ("sample_size", ("evolution",)),
     "num_mutations": ("num_mutations", ("evolution",)),
-    "initial_mutations": ("initial_mutations", ("evolution",)),
+    "initial_mutations": ("initial_mutations", ("evolution",) + _RNN),
 }
 
 

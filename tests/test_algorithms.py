@@ -4,6 +4,7 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 
 from spinesearch.algorithms.base import Observation, Proposal
@@ -238,6 +239,38 @@ def test_an_evolution_state_saved_before_initial_mutations_still_resumes():
   state = json.loads(json.dumps(build_algorithm("evolution", space, 3).state()))
   del state["options"]["initial_mutations"]
   assert algorithm_from_state(space, state).options["initial_mutations"] is None
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "reinforce"])
+def test_the_controller_can_start_near_the_published_architecture(algorithm):
+  """initial_mutations fits the policy to the published point's neighbourhood
+  before its first proposal: its samples lie near NAS-FPN, a uniform policy's
+  far from it; the fit is state, so a resumed controller does not fit again."""
+  space = build_space("nasfpn")
+  published = space.encode(known.published_point(space))
+
+  def distances(controller, n=40):
+    return [sum(a != b for a, b in zip(published, controller.propose().decisions))
+            for _ in range(n)]
+
+  uniform = build_algorithm(algorithm, space, 2)
+  fitted = build_algorithm(algorithm, space, 2, initial_mutations=2)
+  assert fitted.prior_loss is None
+  near_points, far_points = distances(fitted), distances(uniform)
+  assert fitted.prior_loss > 0 and uniform.prior_loss is None
+  assert np.mean(near_points) < 0.5 * np.mean(far_points)
+  assert min(near_points) <= 1
+  state = json.loads(json.dumps(fitted.state()))
+  restored = algorithm_from_state(space, state)
+  assert restored.prior_loss == fitted.prior_loss
+  assert [restored.propose().decisions for _ in range(5)] == \
+      [fitted.propose().decisions for _ in range(5)]
+  # States saved before the option existed still resume.
+  old = json.loads(json.dumps(uniform.state()))
+  del old["options"]["initial_mutations"], old["prior_loss"]
+  assert algorithm_from_state(space, old).options["initial_mutations"] is None
+  with pytest.raises(ConfigError, match="holds no published architecture"):
+    build_algorithm(algorithm, build_space("spinenet", preset="vertex"), 0, initial_mutations=2)
 
 
 # ---- registry --------------------------------------------------------------------------

@@ -50,6 +50,18 @@ def mutate(space: SearchSpace, decisions: Sequence[int], rng: random.Random,
   return child
 
 
+def published_decisions(space: SearchSpace) -> List[int]:
+  """The decisions of the space's published architecture (SpineNet-49,
+  NAS-FPN, ...), where `initial_mutations` starts; ConfigError if the space
+  holds none."""
+  from spinesearch.space import known
+  published = known.published_point(space)
+  if published is None:
+    raise ConfigError(f"initial_mutations: the {space.name} space with these settings "
+                      f"holds no published architecture to start from")
+  return space.encode(published)
+
+
 def near(space: SearchSpace, decisions: Sequence[int], rng: random.Random, max_mutations: int,
          min_mutations: int = 0) -> List[int]:
   """`decisions` mutated a number of times drawn uniformly from
@@ -80,12 +92,7 @@ class RegularizedEvolution(SearchAlgorithm):
           or initial_mutations < 0:
         raise ConfigError(
             f"initial_mutations: expected an integer >= 0, got {initial_mutations!r}")
-      from spinesearch.space import known
-      published = known.published_point(space)
-      if published is None:
-        raise ConfigError(f"initial_mutations: the {space.name} space with these settings "
-                          f"holds no published architecture to start from")
-      self._start = space.encode(published)
+      self._start = published_decisions(space)
     self.options = {"population_size": population_size, "sample_size": sample_size,
                     "num_mutations": num_mutations, "initial_mutations": initial_mutations}
     # Oldest first; each member is {"trial_id", "decisions", "reward"}.

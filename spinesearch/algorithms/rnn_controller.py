@@ -14,11 +14,22 @@ PPO clips the probability ratio of every decision (the standard per-step
 clipped surrogate of an episodic task); at a ratio of 1 its gradient equals
 REINFORCE's. Both add an entropy bonus.
 
+With `initial_mutations=K`, the policy first learns, by maximum likelihood,
+to propose what regularized evolution's first population would be: the
+space's published architecture with 0 to K decisions mutated
+(`evolution.near`). A uniform LSTM proposes architectures far from every
+published one, where a supernet trained around that point (`--sampling=
+around_reference`) has no trained weights and scores noise; the fitted policy
+starts where the scores mean something, and PPO / REINFORCE move it from there.
+The fit runs before the first proposal (a few seconds); Adam's moments are
+reset after it, so the first policy update is an ordinary one.
+
 Failed trials (reward None) and non-finite rewards get `failure_reward`
 (default 0.0: no worse reward exists for accuracy-like rewards, so the policy
 learns to avoid what failed); with `failure_reward=None` they are skipped.
 """
 import math
+import random
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -27,6 +38,7 @@ import spinesearch  # noqa: F401  (Keras 2 environment before TensorFlow loads)
 import tensorflow as tf
 
 from spinesearch.algorithms.base import Observation, Proposal, SearchAlgorithm
+from spinesearch.algorithms.evolution import near, published_decisions
 from spinesearch.algorithms.policy import (LSTMPolicy, NASNET_POLICY, ZOPH_LE_POLICY,
                                            PolicyConfig)
 from spinesearch.errors import ConfigError
@@ -34,6 +46,14 @@ from spinesearch.space.base import SearchSpace
 
 # The published policy and optimiser settings each algorithm was introduced with.
 PRESETS = {"ppo": NASNET_POLICY, "reinforce": ZOPH_LE_POLICY}
+
+# The fit of the policy to the published point's neighbourhood
+# (`initial_mutations`): sequences drawn, and full-batch Adam steps on their
+# log-likelihood at their own learning rate (the algorithms' rates are tuned
+# for small policy-gradient steps).
+PRIOR_SAMPLES = 128
+PRIOR_STEPS = 80
+PRIOR_LEARNING_RATE = 3e-2
 
 # Defaults for searches of about a thousand trials, measured with
 # scripts/benchmark_controller.py on the spinenet space. The published learning
@@ -96,7 +116,8 @@ class RNNController(SearchAlgorithm):
                baseline_decay: float = 0.95,
                learning_rate: Optional[float] = None, num_layers: Optional[int] = None,
                units: Optional[int] = None, init_range: Optional[float] = None,
-               failure_reward: Optional[float] = 0.0):
+               failure_reward: Optional[float] = 0.0,
+               initial_mutations: Optional[int] = None):
     super().__init__(space, seed)
     if algorithm not in PRESETS:
       raise ConfigError(f"algorithm: must be one of {', '.join(PRESETS)}, got {algorithm!r}")
@@ -111,6 +132,10 @@ class RNNController(SearchAlgorithm):
     _check_number("baseline_decay", baseline_decay, 0.0, 1.0, low_inclusive=True)
     if failure_reward is not None:
       _check_number("failure_reward", failure_reward, -math.inf, math.inf)
+    self._prior_start = None
+    if initial_mutations is not None:
+      _check_int("initial_mutations", initial_mutations, 0)
+      self._prior_start = published_decisions(space)
     self.name = algorithm
     overrides = {k: v for k, v in (("num_layers", num_layers), ("units", units),
                                    ("init_range", init_range)) if v is not None}
@@ -121,18 +146,44 @@ class RNNController(SearchAlgorithm):
         "entropy_weight": entropy_weight, "baseline_decay": baseline_decay,
         "learning_rate": config.learning_rate, "num_layers": config.num_layers,
         "units": config.units, "init_range": config.init_range,
-        "failure_reward": failure_reward}
+        "failure_reward": failure_reward, "initial_mutations": initial_mutations}
     self.policy = LSTMPolicy(space.decisions(), seed, config)
     self.sampling_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 1])))
     self.baseline: Optional[float] = None
     self.buffer: List[Dict[str, Any]] = []
     self.num_updates = 0
+    self.prior_loss: Optional[float] = None  # set once the prior is fitted
 
   # ---- propose / observe -----------------------------------------------------
 
   def propose(self) -> Proposal:
+    if self._prior_start is not None and self.prior_loss is None:
+      self.fit_prior()
     decisions, log_probs = self.policy.sample(self.space.start(), self.sampling_rng)
     return Proposal(decisions=decisions, log_probs=log_probs)
+
+  def fit_prior(self) -> float:
+    """Fits the policy to the published point's neighbourhood (module
+    docstring); returns the final mean negative log-likelihood per sequence."""
+    rng = random.Random(self.seed * 7919 + 1)
+    samples = [near(self.space, self._prior_start, rng, self.options["initial_mutations"])
+               for _ in range(PRIOR_SAMPLES)]
+    decisions = tf.constant(np.array(samples, dtype=np.int32))
+    masks = tf.constant(self.policy.pad_masks([self.space.masks(s) for s in samples]))
+    optimizer = self.policy.optimizer
+    rate = float(optimizer.learning_rate)
+    optimizer.learning_rate.assign(PRIOR_LEARNING_RATE)
+    for _ in range(PRIOR_STEPS):
+      with tf.GradientTape() as tape:
+        log_probs, _ = self.policy.evaluate(decisions, masks)
+        loss = -tf.reduce_mean(tf.reduce_sum(log_probs, axis=1))
+      self.policy.apply_gradients(tape.gradient(loss, self.policy.trainable_variables))
+    optimizer.learning_rate.assign(rate)
+    for slot in optimizer.variables:
+      slot.assign(tf.zeros_like(slot))
+    self.policy.refresh()
+    self.prior_loss = float(loss)
+    return self.prior_loss
 
   def _observe(self, observation: Observation) -> Dict[str, float]:
     reward = observation.reward
@@ -218,15 +269,18 @@ class RNNController(SearchAlgorithm):
         "baseline": self.baseline,
         "buffer": [dict(item) for item in self.buffer],
         "num_updates": self.num_updates,
+        "prior_loss": self.prior_loss,
     })
     return state
 
   def load_state(self, state: Dict[str, Any]) -> None:
     if state.get("name") != self.name:
       raise ConfigError(f"controller state: saved by {state.get('name')!r}, not {self.name!r}")
-    if state.get("options") != self.options:
+    saved = dict(state.get("options") or {})
+    saved.setdefault("initial_mutations", None)  # states saved before the option existed
+    if saved != self.options:
       raise ConfigError(
-          f"controller state: saved with options {state.get('options')}, "
+          f"controller state: saved with options {saved}, "
           f"this controller has {self.options}")
     super().load_state(state)
     self.policy.load_state(state["policy"])
@@ -234,6 +288,7 @@ class RNNController(SearchAlgorithm):
     self.baseline = state["baseline"]
     self.buffer = [dict(item) for item in state["buffer"]]
     self.num_updates = int(state["num_updates"])
+    self.prior_loss = state.get("prior_loss")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
