@@ -135,6 +135,28 @@ def test_controller_gives_failed_trials_the_failure_reward_or_skips_them():
   assert skip.observe(Observation(3, proposal, 1.0)) == {}
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "reinforce"])
+def test_normalised_advantages_make_the_update_independent_of_the_reward_scale(algorithm):
+  """The same trials rewarded r and 0.03 r (one-shot AP's scale against
+  similarity's) give the same policy with normalised advantages; without,
+  the small rewards move it differently (and the entropy bonus dominates)."""
+  space = build_space("nasfpn")
+
+  def updated(scale, normalize):
+    controller = build_algorithm(algorithm, space, 0, batch_size=6,
+                                 normalize_advantages=normalize)
+    proposals = [controller.propose() for _ in range(6)]
+    for i, proposal in enumerate(proposals):
+      controller.observe(Observation(i, proposal, scale * (0.2 + 0.1 * i)))
+    assert controller.num_updates == 1
+    return [v.numpy() for v in controller.policy.trainable_variables]
+
+  for big, small in zip(updated(1.0, True), updated(0.03, True)):
+    np.testing.assert_allclose(big, small, atol=1e-5)
+  assert any(not np.allclose(big, small, atol=1e-5)
+             for big, small in zip(updated(1.0, False), updated(0.03, False)))
+
+
 def test_controller_update_reports_scalars_and_moves_the_baseline():
   space = build_space("nasfpn")
   algorithm = build_algorithm("reinforce", space, 0, batch_size=3, baseline_decay=0.5)
@@ -265,10 +287,14 @@ def test_the_controller_can_start_near_the_published_architecture(algorithm):
   assert restored.prior_loss == fitted.prior_loss
   assert [restored.propose().decisions for _ in range(5)] == \
       [fitted.propose().decisions for _ in range(5)]
-  # States saved before the option existed still resume.
+  # States saved before the options existed resume as they were made: no fit,
+  # advantages not normalised.
   old = json.loads(json.dumps(uniform.state()))
-  del old["options"]["initial_mutations"], old["prior_loss"]
-  assert algorithm_from_state(space, old).options["initial_mutations"] is None
+  del old["options"]["initial_mutations"], old["options"]["normalize_advantages"]
+  del old["prior_loss"]
+  resumed = algorithm_from_state(space, old)
+  assert resumed.options["initial_mutations"] is None
+  assert resumed.options["normalize_advantages"] is False
   with pytest.raises(ConfigError, match="holds no published architecture"):
     build_algorithm(algorithm, build_space("spinenet", preset="vertex"), 0, initial_mutations=2)
 

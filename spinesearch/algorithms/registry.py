@@ -24,6 +24,11 @@ def _rnn_options() -> Dict[str, inspect.Parameter]:
   return _keyword_options(RNNController, exclude=("algorithm",))
 
 
+def _rnn_state_defaults() -> Dict[str, Any]:
+  from spinesearch.algorithms.rnn_controller import STATE_DEFAULTS
+  return STATE_DEFAULTS
+
+
 def _keyword_options(cls, exclude=()) -> Dict[str, inspect.Parameter]:
   parameters = inspect.signature(cls.__init__).parameters
   return {name: p for name, p in parameters.items()
@@ -43,6 +48,14 @@ _OPTIONS: Dict[str, Callable[[], Dict[str, inspect.Parameter]]] = {
     "reinforce": _rnn_options,
     "random": lambda: {},
     "evolution": lambda: _keyword_options(RegularizedEvolution),
+}
+
+
+# name -> the options a saved state that lacks them was made with (they did not
+# exist yet), where that differs from a new search's default.
+_STATE_DEFAULTS: Dict[str, Callable[[], Dict[str, Any]]] = {
+    "ppo": _rnn_state_defaults,
+    "reinforce": _rnn_state_defaults,
 }
 
 
@@ -71,7 +84,10 @@ def algorithm_from_state(space: SearchSpace, state: Mapping[str, Any]) -> Search
   if state.get("space", space.name) != space.name:
     raise ConfigError(
         f"algorithm state: saved for the {state['space']!r} space, not {space.name!r}")
-  algorithm = build_algorithm(state["name"], space, state["seed"], **state.get("options", {}))
+  _check_name(state["name"])
+  defaults = _STATE_DEFAULTS.get(state["name"], dict)()
+  algorithm = build_algorithm(state["name"], space, state["seed"],
+                              **{**defaults, **state.get("options", {})})
   algorithm.load_state(dict(state))
   return algorithm
 

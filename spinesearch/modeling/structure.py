@@ -9,23 +9,9 @@ its level and its block type), the resampling edge from a parent to a child
 block, an endpoint, a NAS-FPN repeat, the fixed ResNet, the RetinaNet head.
 Nothing of Model Garden's construction is repeated here.
 
-Both also give each searched block the dilation rate of its spec (CR-NAS):
-Model Garden's BottleneckBlock and InvertedBottleneckBlock take
-`dilation_rate` but its SpineNets do not pass one on, and its ResidualBlock has
-none (`DilatedResidualBlock` adds it). While such a block is built the
-module's `nn_blocks` is seen through a view whose blocks have that rate
-(`_dilated`). Model building is single-threaded here; the view is restored
-when the block is built.
-
-Both SpineNets can also merge a block's inputs with EfficientDet's learned
-weights (Model Garden's `weighted_fusion`, which their constructors do not
-expose). Model Garden creates each weight as a bare `tf.Variable` in the middle
-of building a functional model, where Keras never tracks it: it would be a
-constant of the graph, with no gradient and no place in the weights. While the
-network is built with `weighted_fusion=True`, the module's `tf` is seen
-through a view whose `Variable` returns the output of a `FusionWeight` layer
-instead, a tracked trainable scalar (`_trainable_fusion`); Model Garden's
-arithmetic on it is unchanged.
+Both also build each searched block at the dilation rate of its spec, and
+with `weighted_fusion` merge each block's inputs with trainable weights
+(`extensions`: what Model Garden's SpineNets lack).
 
 A variable created while a part is marked can be read with `current_part()`
 from a variable creator (`tf.variable_creator_scope`); the part and the
@@ -41,11 +27,10 @@ import re
 import threading
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
-import tensorflow as tf
-import tf_keras
 from official.vision.modeling.backbones import spinenet, spinenet_mobile
 from official.vision.modeling.decoders import nasfpn
-from official.vision.modeling.layers import nn_blocks
+
+from spinesearch.modeling.extensions import FusionWeight, dilated, trainable_fusion
 
 STEM_NAMES = ("stem1", "stem2")
 
@@ -55,8 +40,8 @@ class Part:
   """A structural part of a model.
 
   kind: 'stem', 'block', 'resample' (a parent block to a child block),
-    'fusion' (a block's learned weight of one input), 'endpoint', 'fpn_input' (a backbone feature projected for NAS-FPN),
-    'cell_input' (a feature resampled for a merging cell), 'cell' (a merging
+    'fusion' (a block's learned weight of one input), 'endpoint',
+    'fpn_input' (a backbone feature projected for NAS-FPN), 'cell_input' (a feature resampled for a merging cell), 'cell' (a merging
     cell's own convolution), 'resnet' or 'head'.
   name: the block's name ('block'); the child's ('resample'); the cell's,
     '<repeat>.<index>' ('cell', 'cell_input').
@@ -153,7 +138,7 @@ class _MarkedBlocks:
     if not (weighted_fusion or self._structure.weighted_fusion):
       return super()._build_scale_permuted_network(net, input_width)
     make_weight = functools.partial(self._fusion_weight, net[0])
-    with _trainable_fusion(self._MODULE, make_weight):
+    with trainable_fusion(self._MODULE, make_weight):
       return super()._build_scale_permuted_network(net, input_width, weighted_fusion=True)
 
   def _fusion_weight(self, anchor, initial_value, name=None, **unused):
@@ -183,7 +168,7 @@ class _MarkedBlocks:
       marker = part(Part("block", s.names[index], s.levels[index], s.block_fns[index],
                          filters=self._filters(index)))
       rate = s.dilations[index]
-    with marker, _dilated(self._MODULE, rate):
+    with marker, dilated(self._MODULE, rate):
       return super()._block_group(*args, name=name, **kwargs)
 
   def _resample(self, *args, **kwargs):
@@ -276,101 +261,6 @@ class _SpineStructure:
   dilations: List[int]
   weighted_fusion: bool = False
   resamples: int = 0
-
-
-class FusionWeight(tf_keras.layers.Layer):
-  """One input's weight in a block's weighted fusion: a trainable scalar,
-  created as a Keras weight so that models track, train and save it. Its
-  input only places it in a functional graph; the output is the weight."""
-
-  def __init__(self, initial_value: float = 1.0, **kwargs):
-    super().__init__(**kwargs)
-    self.initial_value = float(initial_value)
-
-  def build(self, input_shape):
-    self.weight = self.add_weight(
-        name="fusion_weight", shape=(), trainable=True,
-        initializer=tf_keras.initializers.Constant(self.initial_value))
-    super().build(input_shape)
-
-  def call(self, inputs):
-    del inputs
-    return tf.identity(self.weight)
-
-  def get_config(self):
-    return {**super().get_config(), "initial_value": self.initial_value}
-
-
-class _FusionTF:
-  """TensorFlow as a Model Garden module sees it while fusion weights are
-  made: `Variable` is `make_weight`, everything else is TensorFlow's."""
-
-  def __init__(self, make_weight):
-    self.Variable = make_weight  # pylint: disable=invalid-name
-
-  def __getattr__(self, attribute):
-    return getattr(tf, attribute)
-
-
-@contextlib.contextmanager
-def _trainable_fusion(module, make_weight) -> Iterator[None]:
-  """Model Garden's `module` makes its fusion weights with `make_weight` inside."""
-  module.tf = _FusionTF(make_weight)
-  try:
-    yield
-  finally:
-    module.tf = tf
-
-
-class DilatedResidualBlock(nn_blocks.ResidualBlock):
-  """Model Garden's ResidualBlock with both 3x3 convolutions dilated by
-  `dilation_rate` (CR-NAS). Model Garden's block has no such argument; its
-  convolutions are made in `build`, so the rate is set on them there, before
-  they first run. Dilation needs stride 1 and 'same' padding, as SpineNet's
-  blocks have."""
-
-  def __init__(self, *args, dilation_rate: int = 1, **kwargs):
-    super().__init__(*args, **kwargs)
-    if dilation_rate != 1 and (self._strides != 1 or self._use_explicit_padding):
-      raise ValueError("a dilated residual block needs strides=1 and 'same' padding")
-    self._dilation_rate = dilation_rate
-
-  def build(self, input_shape):
-    super().build(input_shape)
-    for conv in (self._conv1, self._conv2):
-      conv.dilation_rate = (self._dilation_rate, self._dilation_rate)
-
-  def get_config(self):
-    return {**super().get_config(), "dilation_rate": self._dilation_rate}
-
-
-class _DilatedBlocks:
-  """Model Garden's nn_blocks, with SpineNet's and SpineNetMobile's blocks at a
-  fixed dilation rate."""
-
-  # The attributes are named as the module's classes they stand in for.
-  def __init__(self, rate: int):
-    # pylint: disable=invalid-name
-    self.BottleneckBlock = functools.partial(nn_blocks.BottleneckBlock, dilation_rate=rate)
-    self.ResidualBlock = functools.partial(DilatedResidualBlock, dilation_rate=rate)
-    self.InvertedBottleneckBlock = functools.partial(nn_blocks.InvertedBottleneckBlock,
-                                                     dilation_rate=rate)
-
-  def __getattr__(self, attribute):
-    return getattr(nn_blocks, attribute)
-
-
-@contextlib.contextmanager
-def _dilated(module, rate: int) -> Iterator[None]:
-  """Model Garden's `module` builds its blocks with dilation `rate` inside."""
-  if rate == 1:
-    yield
-    return
-  module.nn_blocks = _DilatedBlocks(rate)
-  try:
-    yield
-  finally:
-    module.nn_blocks = nn_blocks
 
 
 class StructuredNASFPN(nasfpn.NASFPN):
