@@ -9,7 +9,7 @@ are observed in completion order, so a policy update never waits for the
 proposals sampled before it.
 
 An entry of `--algorithms` is a name, or a name with options after a colon
-(`ppo:normalize_advantages=false,batch_size=10`; values are JSON), so variants
+(`ppo:normalize_advantages=false,batch_size=10`; values are JSON, as --set's), so variants
 of one algorithm run side by side. `--reward_scale` multiplies the reward (one-
 shot AP is about 0.03 where similarity is about 0.5): an algorithm that is
 invariant to the reward's scale scores the same at any scale.
@@ -37,6 +37,7 @@ import spinesearch  # noqa: F401  (Keras 2 environment before TensorFlow loads)
 from spinesearch.algorithms.base import Observation
 from spinesearch.algorithms.registry import ALGORITHMS, build_algorithm
 from spinesearch.errors import ConfigError, run_cli
+from spinesearch.proxy.config import parse_overrides
 from spinesearch.rewards import TargetSimilarity
 from spinesearch.space.registry import build_space
 
@@ -66,15 +67,7 @@ def parse_algorithms(text: str) -> List[Tuple[str, str, Dict]]:
     name, _, rest = entry.strip().partition(":")
     if name not in ALGORITHMS:
       raise ConfigError(f"--algorithms: unknown {name!r}; choose from {', '.join(ALGORITHMS)}")
-    options = {}
-    for item in filter(None, rest.split(",")):
-      key, sep, value = item.partition("=")
-      if not sep:
-        raise ConfigError(f"--algorithms: {item!r} in {entry!r} is not option=value")
-      try:
-        options[key.strip()] = json.loads(value)
-      except json.JSONDecodeError:
-        raise ConfigError(f"--algorithms: {item!r}: the value is not JSON") from None
+    options = parse_overrides(filter(None, rest.split(",")))
     parsed.append((entry.strip(), name, options))
   return parsed
 
