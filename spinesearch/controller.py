@@ -492,6 +492,7 @@ def _main(argv: List[str]) -> int:
       space_options=space_options(), algorithm=FLAGS.algorithm,
       algorithm_options=algorithm_options(), seed=FLAGS.seed,
       defining_flags=search_defining_flags(), num_trials=FLAGS.num_trials,
+      flag_defaults={name: FLAGS[name].default for name in search_defining_flags()},
       max_parallel_trials=FLAGS.max_parallel_trials,
       max_failed_trials=FLAGS.max_failed_trials, trial_timeout_s=FLAGS.trial_timeout_s,
       runner=FLAGS.runner, runner_options=runner_options(), top_k=FLAGS.top_k,

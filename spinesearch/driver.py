@@ -44,7 +44,10 @@ _ERROR_CHARS = 160
 
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
-  """Everything a search needs; `defining_flags` is what resume compares."""
+  """Everything a search needs; `defining_flags` is what resume compares.
+  `flag_defaults` are those flags' defaults: a flag added since a search was
+  created stood at its default then (a new flag's default keeps the old
+  behaviour)."""
   search_dir: str
   search_space: str
   space_options: Dict[str, Any]
@@ -53,6 +56,7 @@ class SearchSettings:
   seed: int
   defining_flags: Dict[str, Any]
   num_trials: int = 100
+  flag_defaults: Dict[str, Any] = dataclasses.field(default_factory=dict)
   max_parallel_trials: int = 1
   max_failed_trials: int = 10
   trial_timeout_s: Optional[float] = None
@@ -338,10 +342,11 @@ def _observation(trial: Trial) -> Observation:
 
 def _check_same_search(stored: Dict[str, Any], settings: SearchSettings, where: str) -> None:
   given = _json_round_trip(settings.defining_flags)
-  changed = [f"--{name}={_text(stored['flags'].get(name))} then, "
+  then = {**_json_round_trip(settings.flag_defaults), **stored["flags"]}
+  changed = [f"--{name}={_text(then.get(name))} then, "
              f"{_text(given.get(name))} now"
-             for name in sorted(set(stored["flags"]) | set(given))
-             if stored["flags"].get(name) != given.get(name)]
+             for name in sorted(set(then) | set(given))
+             if then.get(name) != given.get(name)]
   if changed:
     raise ConfigError(
         f"{where} holds a search created with other flags: {'; '.join(changed)}. "

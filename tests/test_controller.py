@@ -177,6 +177,23 @@ def test_a_resume_with_other_search_flags_is_refused_with_the_differences(tmp_pa
   assert done.returncode == 2 and "below the 5 trials" in done.stderr
 
 
+def test_a_search_made_before_a_flag_existed_resumes_at_its_default(tmp_path):
+  """A flag added since a search was created stood at its default then:
+  resuming without it works; giving it another value is refused."""
+  import json
+  search_dir = str(tmp_path / "search")
+  assert run_controller(f"--search_dir={search_dir}", *FAST, "--num_trials=2").returncode == 0
+  with sqlite3.connect(os.path.join(search_dir, "trials.db")) as conn:
+    flags = json.loads(conn.execute("SELECT value FROM search WHERE key='flags'").fetchone()[0])
+    del flags["search_fusion"], flags["search_head"]
+    conn.execute("UPDATE search SET value=? WHERE key='flags'", (json.dumps(flags),))
+  done = run_controller(f"--search_dir={search_dir}", *FAST, "--num_trials=3")
+  assert done.returncode == 0, done.stderr
+  assert len(trials(search_dir)) == 3
+  done = run_controller(f"--search_dir={search_dir}", *FAST, "--num_trials=4", "--search_fusion")
+  assert done.returncode == 2 and "--search_fusion=false then, true now" in done.stderr
+
+
 def test_ppo_improves_over_its_first_trials(tmp_path):
   search_dir = str(tmp_path / "search")
   done = run_controller(f"--search_dir={search_dir}", "--reward=target_similarity",
