@@ -63,19 +63,7 @@ def read_verified(path: str, record: WeightsRecord) -> Dict[str, np.ndarray]:
   """The arrays of a weights file whose size and sha256 match `record`;
   anything else is refused with a ZooError before the file is parsed."""
   try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except FileNotFoundError:
-    raise ZooError(f"{path}: weights file not found") from None
-  except OSError as e:
-    raise ZooError(f"{path}: cannot read ({e.strerror})") from None
-  digest = files.sha256_hex(data)
-  if len(data) != record.bytes or digest != record.sha256:
-    raise ZooError(f"{path}: refused, the file does not match its entry (sha256 {digest[:12]}..., "
-                   f"{len(data)} bytes; expected {record.sha256[:12]}..., {record.bytes} bytes); "
-                   f"it is damaged or was changed")
-  try:
-    return files.read_npz(data)
+    return files.read_checked_npz(path, record.sha256, record.bytes)
   except ValueError as e:
     raise ZooError(f"{path}: {e}") from None
 

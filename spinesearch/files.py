@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -102,3 +102,22 @@ def read_npz(data: bytes) -> Dict[str, np.ndarray]:
       return {key: archive[key] for key in archive.files}
   except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
     raise ValueError(f"not a weights archive ({e})") from None
+
+
+def read_checked_npz(path: str, sha256: Optional[str] = None,
+                     size: Optional[int] = None) -> Dict[str, np.ndarray]:
+  """The arrays of the .npz at `path`, after checking its byte count and
+  sha256 against `size` and `sha256` when given: a changed file is refused
+  before it is parsed. ValueError, with the reason, when the file cannot be
+  read, does not match or is not an archive; callers name the file."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ValueError(f"cannot read ({e.strerror or e})") from None
+  digest = sha256_hex(data)
+  if (sha256 is not None and digest != sha256) or (size is not None and len(data) != size):
+    raise ValueError(f"refused, the file does not match its record (sha256 {digest[:12]}..., "
+                     f"{len(data)} bytes; expected {(sha256 or '?')[:12]}..., {size} bytes); "
+                     f"it is damaged or was replaced")
+  return read_npz(data)

@@ -73,7 +73,10 @@ def test_every_proposal_is_a_valid_architecture(name, space_name):
 
 # ---- learning --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,num_trials,gain", [("evolution", 300, 0.15), ("ppo", 400, 0.08)])
+@pytest.mark.parametrize("name,num_trials,gain", [
+    ("evolution", 300, 0.15),
+    # PPO's learning through the controller's CLI is in test_controller.
+    pytest.param("ppo", 400, 0.08, marks=pytest.mark.slow)])
 def test_short_search_improves_over_its_first_trials(name, num_trials, gain):
   space = build_space("spinenet")
   reward = TargetSimilarity(space, 11)

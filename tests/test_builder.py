@@ -159,18 +159,18 @@ def _check_sample_builds(space_name, preset, seed):
 
 
 @pytest.mark.parametrize("space_name,preset,seed", [
-    p for p in _sampled_architectures([0, 1]) if p.values[:2] != ("joint", "mobile")])
+    p for p in _sampled_architectures([0]) if p.values[:2] != ("joint", "mobile")])
 def test_random_samples_of_every_space_build_and_run(space_name, preset, seed):
   _check_sample_builds(space_name, preset, seed)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("space_name,preset,seed", list(_sampled_architectures(range(2, 12))))
+@pytest.mark.parametrize("space_name,preset,seed", list(_sampled_architectures(range(1, 12))))
 def test_many_random_samples_of_every_space_build_and_run(space_name, preset, seed):
   _check_sample_builds(space_name, preset, seed)
 
 
-@pytest.mark.parametrize("kind", ["spinenet", "joint"])
+@pytest.mark.parametrize("kind", ["spinenet", pytest.param("joint", marks=pytest.mark.slow)])
 def test_the_dense_detector_is_the_retinanet_s_backbone_decoder_and_head(kind):
   """The same weights in the same order (so the Zen-score draws the same
   kernels), the same outputs and the same cost as the RetinaNetModel's."""

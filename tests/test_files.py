@@ -64,3 +64,23 @@ def test_read_json_reads_a_document_and_says_why_it_cannot(tmp_path):
   latin.write_bytes(b'{"a": "\xe9"}')
   with pytest.raises(ValueError, match="not a valid JSON file"):
     files.read_json(str(latin))
+
+
+def test_read_checked_npz_refuses_a_changed_file_before_parsing_it(tmp_path):
+  data = files.npz_bytes({"w": np.arange(3, dtype=np.float32)})
+  path = tmp_path / "w.npz"
+  path.write_bytes(data)
+  digest = files.sha256_hex(data)
+  np.testing.assert_array_equal(files.read_checked_npz(str(path), digest, len(data))["w"],
+                                [0, 1, 2])
+  assert list(files.read_checked_npz(str(path))) == ["w"]  # nothing to check against
+  changed = bytearray(data)
+  changed[len(data) // 2] ^= 0xFF  # same size, other bytes
+  path.write_bytes(bytes(changed))
+  with pytest.raises(ValueError, match="refused, the file does not match its record"):
+    files.read_checked_npz(str(path), digest, len(data))
+  with pytest.raises(ValueError, match=r"cannot read \(No such file"):
+    files.read_checked_npz(str(tmp_path / "missing.npz"), digest, len(data))
+  path.write_bytes(b"not an archive")
+  with pytest.raises(ValueError, match="not a weights archive"):
+    files.read_checked_npz(str(path))

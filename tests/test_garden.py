@@ -51,8 +51,9 @@ def _check_task_builds_the_same_model(architecture, scaling):
   return count_params(ours)
 
 
-@pytest.mark.parametrize("architecture", [known.spinenet49(), known.spinenet49_nasfpn()],
-                         ids=["spinenet49", "joint"])
+@pytest.mark.parametrize("architecture", [
+    pytest.param(known.spinenet49(), id="spinenet49"),
+    pytest.param(known.spinenet49_nasfpn(), id="joint", marks=pytest.mark.slow)])
 def test_model_gardens_task_builds_the_same_model_as_build_retinanet(architecture):
   _check_task_builds_the_same_model(architecture, SMALL_JOINT)
 

@@ -175,6 +175,7 @@ def test_a_worker_that_died_while_idle_gets_no_trial(tmp_path, space):
   runner.shutdown()
 
 
+@pytest.mark.slow  # ten model-building trials in one worker: 1-2 min
 def test_a_warm_worker_s_memory_does_not_creep_across_model_building_trials(tmp_path, space):
   """Each zero-shot trial builds a Keras model, and Keras' state is cleared
   between trials, so a worker's resident memory levels off (over 100

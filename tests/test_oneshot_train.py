@@ -152,6 +152,7 @@ def test_a_oneshot_trial_returns_a_complete_result(tiny_supernet, cache, monkeyp
   assert evaluate.evaluate_trial(request)["reward"] == result["reward"]
 
 
+@pytest.mark.slow  # a second fine-tuning; kill -9 of a training is in make test
 def test_a_fine_tuning_killed_midway_resumes_from_its_checkpoint(tiny_supernet, cache, tmp_path,
                                                                  monkeypatch):
   """A validation's fine-tuning run asks for a checkpoint: killed after two
@@ -192,6 +193,7 @@ def test_a_fine_tuning_killed_midway_resumes_from_its_checkpoint(tiny_supernet, 
   assert os.listdir(tmp_path / "ck") == []
 
 
+@pytest.mark.slow  # a supernet of its own (2-3 min); its keys are checked in make test
 def test_an_mbconv_supernet_trains_and_scores_mobile_spinenet_49(tmp_path, cache, monkeypatch):
   """The mobile preset's supernet (Model Garden's SpineNetMobile, marked by
   part): it trains, its reference path is Mobile SpineNet-49, and a trial of
@@ -216,6 +218,7 @@ def test_an_mbconv_supernet_trains_and_scores_mobile_spinenet_49(tmp_path, cache
   assert 0.0 <= result["metrics"]["ap"] <= 1.0
 
 
+@pytest.mark.slow  # a supernet of its own (2-3 min); fusion weights train in make test
 def test_a_fusion_supernet_trains_the_fusion_weights_a_trial_inherits(tmp_path, cache,
                                                                      monkeypatch):
   """--search_fusion: the supernet's paths sum or weigh their inputs; the

@@ -119,6 +119,7 @@ def test_cli_takes_a_zoo_entry_file_and_keeps_stderr_quiet(dataset_64, tmp_path)
   assert proc.stderr == ""
 
 
+@pytest.mark.slow  # a second CLI trial; the quiet one runs in make test
 def test_cli_verbosity_brings_library_log_lines_back(dataset_64, tmp_path):
   arch_file = tmp_path / "arch.json"
   arch_p3_p6().save(str(arch_file))

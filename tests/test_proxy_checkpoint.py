@@ -89,6 +89,7 @@ def _request(dataset, folder):
                      "dataset": dataclasses.asdict(dataset)}}
 
 
+@pytest.mark.slow  # the resume itself is in make test; this is its request form
 def test_a_trial_request_that_asks_for_a_checkpoint_resumes_it(dataset_64, tmp_path, monkeypatch,
                                                                capfd):
   """A validation run killed midway: the same request (under another trial

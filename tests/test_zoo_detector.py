@@ -110,7 +110,7 @@ def test_a_tampered_weights_file_is_refused(tmp_path):
     byte = f.read(1)
     f.seek(-1, os.SEEK_CUR)
     f.write(bytes([byte[0] ^ 0xFF]))
-  with pytest.raises(ZooError, match="refused, the file does not match its entry"):
+  with pytest.raises(ZooError, match="refused, the file does not match its record"):
     model_zoo.load(name, zoo_dir=str(tmp_path))
 
 

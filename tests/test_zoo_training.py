@@ -170,6 +170,7 @@ def test_the_script_creates_trains_and_records_an_entry_from_a_search(search_dir
   assert proc.returncode == 2 and "already has an entry" in proc.stderr
 
 
+@pytest.mark.slow  # trains a supernet, then a zoo entry from it: 1-2 min
 def test_an_entry_found_on_a_supernet_trains_from_its_weights(tmp_path):
   """Built the way the supernet's paths are, the model starts from the
   supernet's values; trained, its weights load into the zoo's own build."""

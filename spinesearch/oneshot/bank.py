@@ -194,18 +194,8 @@ def read_arrays(path: str, record: Optional[Mapping] = None) -> Dict[str, np.nda
   """The arrays of an .npz written by `write_arrays`, after checking its size
   and sha256 against `record` when given; a missing, damaged or foreign file
   is a UserError."""
+  record = record or {}
   try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise UserError(f"{path}: cannot read ({e.strerror})") from None
-  if record is not None:
-    digest = files.sha256_hex(data)
-    if digest != record["sha256"] or len(data) != record["bytes"]:
-      raise UserError(f"{path}: refused, sha256 {digest[:12]}... ({len(data)} bytes) differs "
-                      f"from the recorded {record['sha256'][:12]}... ({record['bytes']} bytes); "
-                      f"the file is damaged or was replaced")
-  try:
-    return files.read_npz(data)
+    return files.read_checked_npz(path, record.get("sha256"), record.get("bytes"))
   except ValueError as e:
     raise UserError(f"{path}: {e}") from None
