@@ -170,6 +170,29 @@ def test_many_random_samples_of_every_space_build_and_run(space_name, preset, se
   _check_sample_builds(space_name, preset, seed)
 
 
+# The spaces and options of the CR-NAS, NAS-FCOS / Hit-Detector, Mobile
+# SpineNet and EfficientDet dimensions.
+NEW_SPACES = [("spinenet", "realloc", {}), ("scale_decreased", "default", {}),
+              ("scale_decreased", "dilated", {}), ("spinenet", "mobile", {}),
+              ("spinenet", "mobile_dilated", {}), ("nasfpn", "default", {"search_head": True}),
+              ("spinenet", "default", {"search_head": True}),
+              ("spinenet", "default", {"search_fusion": True})]
+
+
+@pytest.mark.slow  # 200 builds and forward passes per space: 5-10 min each
+@pytest.mark.parametrize("space_name,preset,options", NEW_SPACES,
+                         ids=[f"{n}-{p}-{'-'.join(o) or 'plain'}" for n, p, o in NEW_SPACES])
+def test_200_random_samples_of_each_new_space_build_with_finite_outputs(space_name, preset,
+                                                                        options):
+  space = build_space(space_name, preset, **options)
+  rng = random.Random(11)
+  for _ in range(200):
+    tf_keras.backend.clear_session()
+    arch = space.validate(space.decode(space.sample(rng)))
+    model = builder.build_retinanet(arch, num_classes=NUM_CLASSES, image_size=128, scaling=TINY)
+    _check_dense_outputs(model, 128, levels=arch.output_levels)
+
+
 @pytest.mark.parametrize("kind", ["spinenet", pytest.param("joint", marks=pytest.mark.slow)])
 def test_the_dense_detector_is_the_retinanet_s_backbone_decoder_and_head(kind):
   """The same weights in the same order (so the Zen-score draws the same
