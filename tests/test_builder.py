@@ -153,7 +153,11 @@ def _sampled_architectures(seeds):
 
 
 def _check_sample_builds(space_name, preset, seed):
-  arch = build_space(space_name, preset).sample_architecture(random.Random(seed))
+  _check_builds(build_space(space_name, preset).sample_architecture(random.Random(seed)))
+
+
+def _check_builds(arch):
+  """`arch` builds at the tiny scaling and gives finite outputs."""
   model = builder.build_retinanet(arch, num_classes=NUM_CLASSES, image_size=128, scaling=TINY)
   _check_dense_outputs(model, 128, levels=arch.output_levels)
 
@@ -188,9 +192,7 @@ def test_200_random_samples_of_each_new_space_build_with_finite_outputs(space_na
   rng = random.Random(11)
   for _ in range(200):
     tf_keras.backend.clear_session()
-    arch = space.validate(space.decode(space.sample(rng)))
-    model = builder.build_retinanet(arch, num_classes=NUM_CLASSES, image_size=128, scaling=TINY)
-    _check_dense_outputs(model, 128, levels=arch.output_levels)
+    _check_builds(space.validate(space.decode(space.sample(rng))))
 
 
 @pytest.mark.parametrize("kind", ["spinenet", pytest.param("joint", marks=pytest.mark.slow)])
