@@ -18,7 +18,7 @@ search: $(STAMP)
 	$(PY) -m spinesearch.controller --flagfile=configs/search/quickstart.flags
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup --durations=15
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
