@@ -183,7 +183,7 @@ NEW_SPACES = [("spinenet", "realloc", {}), ("scale_decreased", "default", {}),
               ("spinenet", "default", {"search_fusion": True})]
 
 
-@pytest.mark.slow  # 200 builds and forward passes per space: 27-51 min each on one core
+@pytest.mark.slow  # 200 builds and forward passes per space: 13-51 min each on one core (measured)
 @pytest.mark.parametrize("space_name,preset,options", NEW_SPACES,
                          ids=[f"{n}-{p}-{'-'.join(o) or 'plain'}" for n, p, o in NEW_SPACES])
 def test_200_random_samples_of_each_new_space_build_with_finite_outputs(space_name, preset,
